@@ -1,0 +1,1 @@
+"""The prognos command line."""

@@ -1,0 +1,1 @@
+"""Generated Prognos API (do not edit)."""

@@ -1,0 +1,126 @@
+"""Settings for every Prognos process: environment first, then an optional TOML file.
+
+This is the only module that reads the environment. A service builds its settings once in
+``main`` and passes the frozen object down.
+
+Precedence, highest first:
+
+1. ``PROGNOS_<SERVICE>_<FIELD>`` (for example ``PROGNOS_INGEST_GRPC_PORT``),
+2. ``PROGNOS_<FIELD>`` (shared by all services, for example ``PROGNOS_NATS_URL``),
+3. the ``[<service>]`` table, then the top level, of the TOML file named by ``PROGNOS_CONFIG``,
+4. the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SERVICES = ("ingest", "registry", "inference", "scheduler")
+
+
+class _LayeredSource(PydanticBaseSettingsSource):
+    """Reads ``PROGNOS_<SERVICE>_*`` over ``PROGNOS_*`` over the TOML file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], service: str) -> None:
+        super().__init__(settings_cls)
+        self._service = service
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        config_file = os.environ.get("PROGNOS_CONFIG")
+        if config_file:
+            with open(config_file, "rb") as fh:
+                document = tomllib.load(fh)
+            values.update({k: v for k, v in document.items() if not isinstance(v, dict)})
+            values.update(document.get(self._service, {}))
+        fields = self.settings_cls.model_fields
+        for prefix in ("PROGNOS_", f"PROGNOS_{self._service.upper()}_"):
+            for name in fields:
+                raw = os.environ.get(prefix + name.upper())
+                if raw is not None:
+                    values[name] = raw
+        return values
+
+
+class Settings(BaseSettings):
+    """Settings shared by every Prognos process.
+
+    A field left at ``None`` means "not configured": for ``nats_url`` the launcher starts an
+    embedded nats-server, for ``database_url`` a SQLite file under ``data_dir`` is used, for
+    ``otlp_endpoint`` spans are written locally under ``data_dir/spans``.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    service: str = "prognos"
+    data_dir: Path = Path(".prognos")
+    database_url: str | None = None
+    db_schema: str | None = Field(
+        default=None, description="PostgreSQL schema owned by this service (default: its name)"
+    )
+    nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    otlp_endpoint: str | None = None
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 5.0
+    relay_batch_size: int = 500
+    relay_poll_s: float = 0.2
+    consumer_batch_size: int = 100
+    consumer_max_deliver: int = 10
+    request_timeout_s: float = 10.0
+    # Fault injection for crash tests: "<point>:<n>" makes the relay SIGKILL itself at the
+    # n-th pass through <point> ("after_commit" or "after_publish"). Never set in production.
+    relay_crash_at: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        service = init_settings.init_kwargs.get("service", "prognos")  # type: ignore[attr-defined]
+        return (init_settings, _LayeredSource(settings_cls, service))
+
+    @classmethod
+    def load(cls, service: str, **overrides: Any) -> Self:
+        """Build the settings of ``service`` from the environment, the file and ``overrides``."""
+        return cls(service=service, **overrides)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL of this service's database (async driver)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{self.service}.db').resolve()}"
+
+    @property
+    def effective_db_schema(self) -> str | None:
+        """The PostgreSQL schema of this service; ``None`` on SQLite."""
+        if not self.effective_database_url.startswith("postgresql"):
+            return None
+        return self.db_schema or self.service
+
+    @property
+    def spans_dir(self) -> Path:
+        """Where spans are written when no OTLP endpoint is configured."""
+        return self.data_dir / "spans"
+
+
+def environment_snapshot(prefix: str = "PROGNOS_") -> dict[str, str]:
+    """The ``PROGNOS_*`` variables, for a launcher that passes them on to child processes."""
+    return {k: v for k, v in os.environ.items() if k.startswith(prefix)}

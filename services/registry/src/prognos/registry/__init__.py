@@ -1,0 +1,1 @@
+"""Prognos registry."""

@@ -1,0 +1,1 @@
+"""Generated code for prognos.api.ingest.v1 (do not edit)."""

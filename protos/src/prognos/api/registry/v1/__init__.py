@@ -1,0 +1,1 @@
+"""Generated code for prognos.api.registry.v1 (do not edit)."""

@@ -1,0 +1,3 @@
+"""Root test configuration: shared fixture plugins for every suite."""
+
+pytest_plugins = ["prognos.core.testing.fixtures"]

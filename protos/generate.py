@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         if options.check:
             stale = stale_files(fresh_dir, OUT_PACKAGE_DIR)
             if stale:
-                print("generated code is stale; run `python protos/generate.py`:", file=sys.stderr)
+                print(
+                    "generated code is stale; run `uv run --frozen python protos/generate.py`:",
+                    file=sys.stderr,
+                )
                 for line in stale:
                     print(f"  {line}", file=sys.stderr)
                 return 1

@@ -1,0 +1,1 @@
+"""Generated code for prognos.api.inference (do not edit)."""

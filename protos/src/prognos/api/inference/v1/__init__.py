@@ -1,0 +1,1 @@
+"""Generated code for prognos.api.inference.v1 (do not edit)."""

@@ -1,0 +1,1 @@
+"""Generated code for prognos.api.scheduler.v1 (do not edit)."""

@@ -1,0 +1,543 @@
+"""OpenTelemetry for every Prognos process: tracer provider, exporters, propagation, logs.
+
+``setup(settings)`` runs once in ``main``. Spans go to an OTLP collector when
+``settings.otlp_endpoint`` is set, otherwise to ``<spans_dir>/<service>.jsonl``, one JSON
+object per line, which ``read_spans`` (and ``prognos trace show``) reads back. gRPC calls are
+traced by opentelemetry-instrumentation-grpc's grpc.aio interceptors, database statements by
+opentelemetry-instrumentation-sqlalchemy, and NATS messages carry the W3C trace context in
+their headers through ``inject_headers`` / ``extract_context``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_name
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from prognos.core.config import Settings
+
+__all__ = [
+    "LOG_FORMAT",
+    "JsonLinesSpanExporter",
+    "SpanRecord",
+    "TraceContextFilter",
+    "client_interceptors",
+    "configure_logging",
+    "current_trace_id",
+    "current_traceparent",
+    "extract_context",
+    "flush",
+    "inject_headers",
+    "insecure_channel",
+    "instrument_engine",
+    "read_spans",
+    "server_interceptors",
+    "setup",
+    "shutdown",
+    "tracer",
+]
+
+_log = logging.getLogger(__name__)
+
+# Health checks and reflection are polled by launchers and load balancers; tracing them
+# would bury the calls that matter.
+_UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
+# --- local span files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpanRecord:
+    """One finished span as written to, and read back from, a local span file.
+
+    Attributes:
+        trace_id: 32 hex digits.
+        span_id: 16 hex digits.
+        parent_span_id: 16 hex digits, or "" for a root span.
+        name: Span name (for gRPC: ``/package.Service/Method``).
+        kind: ``INTERNAL``, ``SERVER``, ``CLIENT``, ``PRODUCER`` or ``CONSUMER``.
+        service: The service that recorded the span.
+        start_unix_ns: Start time, nanoseconds since the epoch.
+        end_unix_ns: End time, nanoseconds since the epoch.
+        status: ``UNSET``, ``OK`` or ``ERROR``.
+        status_message: The status description, or "".
+        attributes: Span attributes.
+        events: Span events, each ``{"name", "time_unix_ns", "attributes"}``.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    service: str
+    start_unix_ns: int
+    end_unix_ns: int
+    status: str
+    status_message: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        """Duration in milliseconds."""
+        return (self.end_unix_ns - self.start_unix_ns) / 1e6
+
+    def to_json(self) -> str:
+        """The one-line JSON form written to span files."""
+        return json.dumps(
+            {
+                "trace_id": self.trace_id,
+                "span_id": self.span_id,
+                "parent_span_id": self.parent_span_id,
+                "name": self.name,
+                "kind": self.kind,
+                "service": self.service,
+                "start_unix_ns": self.start_unix_ns,
+                "end_unix_ns": self.end_unix_ns,
+                "status": self.status,
+                "status_message": self.status_message,
+                "attributes": self.attributes,
+                "events": self.events,
+            },
+            separators=(",", ":"),
+            default=str,
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> SpanRecord:
+        """Parse one line written by ``to_json``."""
+        data = json.loads(line)
+        return cls(
+            trace_id=data["trace_id"],
+            span_id=data["span_id"],
+            parent_span_id=data.get("parent_span_id") or "",
+            name=data["name"],
+            kind=data["kind"],
+            service=data["service"],
+            start_unix_ns=int(data["start_unix_ns"]),
+            end_unix_ns=int(data["end_unix_ns"]),
+            status=data["status"],
+            status_message=data.get("status_message") or "",
+            attributes=dict(data.get("attributes") or {}),
+            events=list(data.get("events") or []),
+        )
+
+    @classmethod
+    def from_span(cls, span: ReadableSpan, service: str) -> SpanRecord:
+        """Describe a finished SDK span."""
+        ctx = span.get_span_context()
+        assert ctx is not None  # every SDK span has one
+        parent = span.parent
+        return cls(
+            trace_id=format(ctx.trace_id, "032x"),
+            span_id=format(ctx.span_id, "016x"),
+            parent_span_id=format(parent.span_id, "016x") if parent is not None else "",
+            name=span.name,
+            kind=span.kind.name,
+            service=service,
+            start_unix_ns=span.start_time or 0,
+            end_unix_ns=span.end_time or 0,
+            status=span.status.status_code.name,
+            status_message=span.status.description or "",
+            attributes=_plain(span.attributes),
+            events=[
+                {
+                    "name": event.name,
+                    "time_unix_ns": event.timestamp,
+                    "attributes": _plain(event.attributes),
+                }
+                for event in span.events
+            ],
+        )
+
+
+def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in (attributes or {}).items()
+    }
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each finished span as one JSON line to a file.
+
+    Each batch is written with a single ``write`` on a file opened in append mode, so
+    replicas of one service may share the file without interleaving lines.
+    """
+
+    def __init__(self, path: Path, service: str) -> None:
+        """Create the exporter.
+
+        Args:
+            path: The ``.jsonl`` file; its directory is created if missing.
+            service: The service name recorded in every line.
+        """
+        self.path = path
+        self.service = service
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Append the spans to the file."""
+        if self._closed:
+            return SpanExportResult.FAILURE
+        data = "".join(SpanRecord.from_span(s, self.service).to_json() + "\n" for s in spans)
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, data.encode())
+                finally:
+                    os.close(fd)
+        except OSError:
+            _log.exception("cannot write spans to %s", self.path)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Refuse further exports."""
+        self._closed = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here: every export is written at once."""
+        return True
+
+
+def read_spans(spans_dir: Path, trace_id: str | None = None) -> list[SpanRecord]:
+    """Read the spans written locally by every service, oldest first.
+
+    Lines that do not parse (the tail of a file whose writer was killed mid-line) are
+    skipped.
+
+    Args:
+        spans_dir: The directory holding ``<service>.jsonl`` files.
+        trace_id: Only spans of this trace (32 hex digits, any case) when given.
+
+    Returns:
+        The spans, sorted by start time then span id; an empty list when the directory is
+        missing.
+    """
+    wanted = trace_id.lower() if trace_id else None
+    records: list[SpanRecord] = []
+    if not spans_dir.is_dir():
+        return records
+    for path in sorted(spans_dir.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if wanted is not None and wanted not in line:
+                    continue
+                try:
+                    record = SpanRecord.from_json(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if wanted is None or record.trace_id == wanted:
+                    records.append(record)
+    records.sort(key=lambda r: (r.start_unix_ns, r.span_id))
+    return records
+
+
+# --- provider set-up --------------------------------------------------------------------
+
+
+class _SwitchableSpanProcessor(SpanProcessor):
+    """Delegates to the processor of the latest ``setup``.
+
+    The global tracer provider can be set only once per process, so a second ``setup``
+    (tests, a process that changes its exporter) swaps the processor behind it instead.
+    """
+
+    def __init__(self) -> None:
+        self.delegate: SpanProcessor | None = None
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        delegate = self.delegate
+        if delegate is not None:
+            delegate.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        delegate = self.delegate
+        if delegate is not None:
+            delegate.on_end(span)
+
+    def shutdown(self) -> None:
+        delegate, self.delegate = self.delegate, None
+        if delegate is not None:
+            delegate.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        delegate = self.delegate
+        return delegate.force_flush(timeout_millis) if delegate is not None else True
+
+
+@dataclass
+class _State:
+    provider: TracerProvider
+    processor: _SwitchableSpanProcessor
+    config: tuple[str, str | None, Path] | None = None
+
+
+_state: _State | None = None
+_state_lock = threading.Lock()
+
+
+def setup(settings: Settings) -> TracerProvider:
+    """Install the global tracer provider and this process's span exporter.
+
+    Call once in ``main``. Calling again with the same settings changes nothing; with
+    other settings (tests) it flushes the previous exporter and switches to the new one.
+    The provider's resource (``service.name``) is fixed by the first call; the local span
+    files always name the service of the latest call.
+
+    Args:
+        settings: Uses ``service``, ``otlp_endpoint`` and ``spans_dir``.
+
+    Returns:
+        The process's tracer provider.
+    """
+    global _state
+    config = (settings.service, settings.otlp_endpoint, settings.spans_dir)
+    with _state_lock:
+        if _state is None:
+            processor = _SwitchableSpanProcessor()
+            current = trace.get_tracer_provider()
+            if isinstance(current, TracerProvider):
+                provider = current  # someone installed an SDK provider first: join it
+            else:
+                provider = TracerProvider(
+                    resource=Resource.create({SERVICE_NAME: settings.service})
+                )
+                trace.set_tracer_provider(provider)
+            provider.add_span_processor(processor)
+            _state = _State(provider, processor)
+        if _state.config == config and _state.processor.delegate is not None:
+            return _state.provider
+        _state.processor.shutdown()
+        exporter: SpanExporter
+        if settings.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter,
+            )
+
+            exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+        else:
+            path = settings.spans_dir / f"{settings.service}.jsonl"
+            exporter = JsonLinesSpanExporter(path, settings.service)
+        _state.processor.delegate = BatchSpanProcessor(exporter, schedule_delay_millis=500)
+        _state.config = config
+        return _state.provider
+
+
+def flush(timeout_s: float = 5.0) -> bool:
+    """Export every finished span now.
+
+    Args:
+        timeout_s: How long to wait for the exporter.
+
+    Returns:
+        ``True`` when everything was exported in time (or nothing is set up).
+    """
+    state = _state
+    if state is None:
+        return True
+    return state.processor.force_flush(int(timeout_s * 1000))
+
+
+def shutdown() -> None:
+    """Flush and close the exporter; ``setup`` may be called again afterwards."""
+    with _state_lock:
+        if _state is not None:
+            _state.processor.shutdown()
+            _state.config = None
+
+
+def tracer(name: str) -> trace.Tracer:
+    """The tracer for instrumentation scope ``name`` (usually ``__name__``)."""
+    return trace.get_tracer(name)
+
+
+# --- context propagation ----------------------------------------------------------------
+
+
+def inject_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Add the current trace context to message headers with the global propagator.
+
+    Args:
+        headers: Headers to start from; not modified.
+
+    Returns:
+        A copy of ``headers`` with ``traceparent`` (and ``tracestate`` if any) added;
+        unchanged when no span is current.
+    """
+    carrier = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: Mapping[str, str] | None) -> Context:
+    """The trace context carried by message headers, to start a consumer span in.
+
+    Args:
+        headers: Message headers, or ``None``.
+
+    Returns:
+        A context whose current span is the remote parent; an empty context when the
+        headers carry none. Use as ``tracer.start_as_current_span(name, context=ctx)``.
+    """
+    return propagate.extract(dict(headers or {}))
+
+
+def current_trace_id() -> str:
+    """The hex trace id of the current span, or "" when there is none."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+
+
+def current_traceparent() -> tuple[str, str]:
+    """The W3C ``(traceparent, tracestate)`` of the current span; ``("", "")`` if none."""
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, context=otel_context.get_current())
+    return carrier.get("traceparent", ""), carrier.get("tracestate", "")
+
+
+# --- gRPC -------------------------------------------------------------------------------
+
+
+def _traced_calls() -> Any:
+    return negate(any_of(*(service_name(name) for name in _UNTRACED_SERVICES)))
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The grpc.aio server interceptors that trace each call (health and reflection excepted).
+
+    Put them first so that the span is current in every later interceptor and handler.
+    """
+    return [aio_server_interceptor(filter_=_traced_calls())]
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """The grpc.aio client interceptors that trace each call and send its trace context."""
+    result: list[grpc.aio.ClientInterceptor] = aio_client_interceptors(filter_=_traced_calls())
+    return result
+
+
+def insecure_channel(
+    target: str, *, options: Sequence[tuple[str, Any]] | None = None
+) -> grpc.aio.Channel:
+    """A plaintext grpc.aio channel whose calls are traced.
+
+    Args:
+        target: ``host:port``.
+        options: Extra channel options.
+
+    Returns:
+        The channel; close it with ``await channel.close()`` or ``async with``.
+    """
+    return grpc.aio.insecure_channel(
+        target, options=list(options or ()), interceptors=client_interceptors()
+    )
+
+
+# --- SQLAlchemy -------------------------------------------------------------------------
+
+_instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """Trace every statement run through ``engine``, as children of the current span.
+
+    Safe to call more than once, for as many engines as the process has.
+
+    Args:
+        engine: An async engine; its ``sync_engine`` receives the event listeners.
+    """
+    # The instrumentor's instrument() works once per process; EngineTracer is what it
+    # attaches to each engine, so attaching it directly serves any number of engines.
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.instrumentation.sqlalchemy.version import (
+        __version__ as instrumentation_version,
+    )
+
+    sync_engine = engine.sync_engine
+    if sync_engine in _instrumented_engines:
+        return
+    scope = "opentelemetry.instrumentation.sqlalchemy"
+    connections_usage = metrics.get_meter(scope, instrumentation_version).create_up_down_counter(
+        name="db.client.connections.usage",
+        unit="connections",
+        description="The number of connections that are currently in the state described.",
+    )
+    EngineTracer(trace.get_tracer(scope, instrumentation_version), sync_engine, connections_usage)
+    _instrumented_engines.add(sync_engine)
+
+
+# --- logging ----------------------------------------------------------------------------
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s [trace_id=%(trace_id)s] %(message)s"
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds ``service``, ``trace_id`` and ``span_id`` (hex, "-" if none) to each record."""
+
+    def __init__(self, service: str) -> None:
+        """Create the filter for the process of ``service``."""
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate the record; never drops it."""
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = format(span_context.trace_id, "032x")
+            record.span_id = format(span_context.span_id, "016x")
+        else:
+            record.trace_id = "-"
+            record.span_id = "-"
+        record.service = self.service
+        return True
+
+
+class _PrognosLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler ``configure_logging`` installed, so a second call replaces it."""
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send logs to stderr at ``settings.log_level``, each line with its trace id.
+
+    Idempotent: a second call replaces the handler the first one installed.
+
+    Args:
+        settings: Uses ``service`` and ``log_level``.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _PrognosLogHandler):
+            root.removeHandler(handler)
+    handler = _PrognosLogHandler()
+    handler.addFilter(TraceContextFilter(settings.service))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())

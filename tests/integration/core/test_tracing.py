@@ -1,0 +1,206 @@
+"""Traces across a real gRPC call, message headers and the database, read back from span files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from opentelemetry import trace
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from prognos.core import telemetry
+from prognos.core.config import Settings
+from prognos.core.server import GrpcServer
+
+ECHO = "prognos.test.v1.TracedEcho"
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+async def _whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    """Answer with the trace id the handler runs in, from inside a child span of its own."""
+    with telemetry.tracer("tests.handler").start_as_current_span("handler work"):
+        return telemetry.current_trace_id().encode()
+
+
+async def _count(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    for i in range(3):
+        yield str(i).encode()
+
+
+HANDLER = grpc.method_handlers_generic_handler(
+    ECHO,
+    {
+        "WhoAmI": grpc.unary_unary_rpc_method_handler(_whoami, _same, _same),
+        "Count": grpc.unary_stream_rpc_method_handler(_count, _same, _same),
+    },
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    settings = Settings.load("tracetest", data_dir=tmp_path)
+    telemetry.setup(settings)
+    yield settings
+    telemetry.shutdown()
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[GrpcServer]:
+    async with GrpcServer(settings, version="1") as grpc_server:
+        grpc_server.add_service(lambda h, s: s.add_generic_rpc_handlers((h,)), HANDLER, ECHO)
+        await grpc_server.start()
+        yield grpc_server
+
+
+def _ancestors(span: telemetry.SpanRecord, spans: list[telemetry.SpanRecord]) -> list[str]:
+    by_id = {s.span_id: s for s in spans}
+    chain: list[str] = []
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        chain.append(span.name)
+    return chain
+
+
+async def test_a_client_call_and_its_server_span_share_one_trace(
+    settings: Settings, server: GrpcServer
+) -> None:
+    method = f"/{ECHO}/WhoAmI"
+    async with telemetry.insecure_channel(server.address) as channel:
+        with telemetry.tracer("tests.client").start_as_current_span("operator action") as root:
+            trace_id = telemetry.current_trace_id()
+            answered = await channel.unary_unary(method)(b"", timeout=5)
+    assert answered.decode() == trace_id == format(root.get_span_context().trace_id, "032x")
+    assert telemetry.flush()
+
+    spans = telemetry.read_spans(settings.spans_dir, trace_id)
+    by_kind = {(s.kind, s.name): s for s in spans}
+    client = by_kind[("CLIENT", method)]
+    served = by_kind[("SERVER", method)]
+    work = by_kind[("INTERNAL", "handler work")]
+    assert {s.trace_id for s in spans} == {trace_id}
+    assert served.parent_span_id == client.span_id
+    assert _ancestors(work, spans) == [method, method, "operator action"]
+    assert served.service == "tracetest"
+    assert served.attributes["rpc.grpc.status_code"] == 0
+    assert served.start_unix_ns <= served.end_unix_ns
+    assert telemetry.read_spans(settings.spans_dir, trace_id.upper()) == spans
+
+
+async def test_streaming_calls_are_traced_too(settings: Settings, server: GrpcServer) -> None:
+    async with telemetry.insecure_channel(server.address) as channel:
+        with telemetry.tracer("tests.client").start_as_current_span("stream"):
+            trace_id = telemetry.current_trace_id()
+            received = [m async for m in channel.unary_stream(f"/{ECHO}/Count")(b"", timeout=5)]
+    assert received == [b"0", b"1", b"2"]
+    assert telemetry.flush()
+    kinds = sorted(s.kind for s in telemetry.read_spans(settings.spans_dir, trace_id))
+    assert kinds == ["CLIENT", "INTERNAL", "SERVER"]
+
+
+async def test_health_checks_are_not_traced(settings: Settings, server: GrpcServer) -> None:
+    from prognos.core.server import wait_for_serving
+
+    await wait_for_serving(server.address, deadline_s=5)
+    assert telemetry.flush()
+    assert not [s for s in telemetry.read_spans(settings.spans_dir) if "Health" in s.name]
+
+
+def test_headers_carry_the_trace_context_across_a_message(settings: Settings) -> None:
+    with telemetry.tracer("tests.producer").start_as_current_span("publish") as producer:
+        headers = telemetry.inject_headers({"Nats-Msg-Id": "event-1"})
+        traceparent, tracestate = telemetry.current_traceparent()
+    assert headers["Nats-Msg-Id"] == "event-1"
+    assert headers["traceparent"] == traceparent and tracestate == ""
+    producer_context = producer.get_span_context()
+
+    context = telemetry.extract_context(headers)
+    with telemetry.tracer("tests.consumer").start_as_current_span(
+        "process", context=context, kind=trace.SpanKind.CONSUMER
+    ) as consumer:
+        assert telemetry.current_trace_id() == format(producer_context.trace_id, "032x")
+    assert consumer.parent is not None and consumer.parent.span_id == producer_context.span_id
+
+
+def test_without_a_span_there_is_no_trace_context() -> None:
+    assert telemetry.current_trace_id() == ""
+    assert telemetry.current_traceparent() == ("", "")
+    assert telemetry.inject_headers({"a": "b"}) == {"a": "b"}
+    context = telemetry.extract_context(None)
+    assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_setup_is_idempotent_and_switches_to_new_settings(
+    settings: Settings, tmp_path: Path
+) -> None:
+    provider = telemetry.setup(settings)
+    assert telemetry.setup(settings) is provider
+    other = Settings.load("tracetest", data_dir=tmp_path / "other")
+    assert telemetry.setup(other) is provider
+    with telemetry.tracer("tests").start_as_current_span("after switch"):
+        trace_id = telemetry.current_trace_id()
+    assert telemetry.flush()
+    assert [s.name for s in telemetry.read_spans(other.spans_dir, trace_id)] == ["after switch"]
+    assert telemetry.read_spans(settings.spans_dir, trace_id) == []
+
+
+def test_read_spans_skips_a_torn_last_line(settings: Settings) -> None:
+    with telemetry.tracer("tests").start_as_current_span("whole"):
+        trace_id = telemetry.current_trace_id()
+    assert telemetry.flush()
+    path = settings.spans_dir / "tracetest.jsonl"
+    with path.open("a") as fh:
+        fh.write('{"trace_id": "' + trace_id + '", "span_id": "ab')
+    assert [s.name for s in telemetry.read_spans(settings.spans_dir, trace_id)] == ["whole"]
+    assert telemetry.read_spans(settings.spans_dir / "missing") == []
+
+
+async def test_database_statements_become_child_spans(settings: Settings, tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'traced.db'}")
+    telemetry.instrument_engine(engine)
+    telemetry.instrument_engine(engine)  # a second call must not trace statements twice
+    try:
+        with telemetry.tracer("tests").start_as_current_span("handler") as handler:
+            trace_id = telemetry.current_trace_id()
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 41 + 1"))).scalar() == 42
+    finally:
+        await engine.dispose()
+    assert telemetry.flush()
+    spans = telemetry.read_spans(settings.spans_dir, trace_id)
+    statements = [s for s in spans if "SELECT 41 + 1" in str(s.attributes)]
+    assert len(statements) == 1
+    assert statements[0].parent_span_id == format(handler.get_span_context().span_id, "016x")
+
+
+def test_log_records_carry_the_trace_id(settings: Settings) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect()
+    handler.addFilter(telemetry.TraceContextFilter("tracetest"))
+    logger = logging.getLogger("tests.tracing.logs")
+    logger.addHandler(handler)
+    try:
+        logger.warning("outside")
+        with telemetry.tracer("tests").start_as_current_span("logged"):
+            trace_id = telemetry.current_trace_id()
+            logger.warning("inside")
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.getMessage(), r.trace_id) for r in records] == [  # type: ignore[attr-defined]
+        ("outside", "-"),
+        ("inside", trace_id),
+    ]
+    formatted = logging.Formatter(telemetry.LOG_FORMAT).format(records[1])
+    assert f"[trace_id={trace_id}]" in formatted and "tracetest" in formatted

@@ -1,0 +1,162 @@
+"""The composition every service shares: migrate, or serve until SIGTERM.
+
+A service's ``__main__`` calls ``main(...)`` with its name, its migrations folder and a
+``build`` coroutine that adds its servicers and subscriptions to the ``Runtime``. The
+runtime owns the database engine, the NATS connection, the outbox relay, the consumers and
+the gRPC server, and stops them in order: NOT_SERVING, stop consuming, finish the relay,
+drain gRPC, drain NATS, dispose the engine, flush spans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prognos.core import bus, migrate, telemetry
+from prognos.core.config import Settings
+from prognos.core.server import GrpcServer
+from prognos.core.store import EventStore, create_engine
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a service's ``build`` wires its handlers to."""
+
+    settings: Settings
+    store: EventStore
+    nc: Client
+    js: JetStreamContext
+    server: GrpcServer
+    relay: bus.OutboxRelay
+    consumers: list[bus.Consumer] = field(default_factory=list)
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def subscribe(self, sub: bus.Subscription) -> bus.Consumer:
+        """Add a durable consumer; it starts with the service and stops before gRPC drains."""
+        consumer = bus.Consumer(
+            self.store,
+            self.js,
+            sub,
+            batch_size=self.settings.consumer_batch_size,
+            max_deliver=self.settings.consumer_max_deliver,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+
+Build = Callable[[Runtime], Awaitable[None]]
+
+
+Translators = Mapping[type[Exception], Callable[[Exception], Exception]]
+
+
+async def serve(
+    settings: Settings,
+    build: Build,
+    *,
+    version: str,
+    stream: str,
+    translators: Translators | None = None,
+) -> None:
+    """Run one service until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Args:
+        settings: the service's settings.
+        build: adds the service's servicers, subscriptions and background jobs.
+        version: reported by ``InfoService``.
+        stream: the JetStream stream this service publishes to (created if missing).
+        translators: domain exceptions and the ``PrognosError`` each becomes at the edge.
+    """
+    telemetry.setup(settings)
+    if not settings.nats_url:
+        raise SystemExit(
+            f"{settings.service}: no NATS URL configured (PROGNOS_NATS_URL); "
+            "`prognos up` starts an embedded nats-server and sets it"
+        )
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings)
+        telemetry.instrument_engine(engine)
+        stack.push_async_callback(engine.dispose)
+        store = EventStore(engine, settings.service)
+        nc = await bus.connect(settings)
+        stack.push_async_callback(_drain, nc)
+        js = nc.jetstream()
+        await bus.ensure_stream(js, stream)
+        relay = bus.OutboxRelay(
+            store,
+            js,
+            batch_size=settings.relay_batch_size,
+            poll_s=settings.relay_poll_s,
+            crash_at=settings.relay_crash_at,
+        )
+        server = GrpcServer(settings, version=version, error_translators=translators)  # type: ignore[arg-type]
+        runtime = Runtime(settings, store, nc, js, server, relay)
+        await build(runtime)
+
+        async def stop_consuming() -> None:
+            await asyncio.gather(*(c.stop() for c in runtime.consumers))
+
+        server.on_shutdown(stop_consuming)
+        server.on_closed(relay.stop)
+        relay.start()
+        for consumer in runtime.consumers:
+            consumer.start()
+        tasks = [asyncio.create_task(job()) for job in runtime.background]
+        await server.start()
+        log.info("%s %s serving on %s", settings.service, version, server.address)
+        try:
+            await server.serve_until_signal()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    telemetry.shutdown()
+
+
+async def _drain(nc: Client) -> None:
+    if nc.is_connected:
+        await nc.drain()
+
+
+def main(
+    service: str,
+    *,
+    build: Build,
+    migrations: Path,
+    version: str,
+    stream: str,
+    translators: Translators | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of a service process: ``migrate`` once, then ``serve``."""
+    parser = argparse.ArgumentParser(prog=f"python -m prognos.{service}")
+    parser.add_argument("command", choices=["migrate", "serve"])
+    args = parser.parse_args(argv)
+    settings = Settings.load(service)
+    telemetry.configure_logging(settings)
+    if args.command == "migrate":
+        migrate.upgrade(settings, migrations)
+        return
+    asyncio.run(serve(settings, build, version=version, stream=stream, translators=translators))
+
+
+def package_version(distribution: str) -> str:
+    """The installed version of a distribution, or ``0+unknown``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "0+unknown"

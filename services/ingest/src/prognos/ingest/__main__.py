@@ -1,0 +1,18 @@
+"""``python -m prognos.ingest migrate|serve``."""
+
+from pathlib import Path
+
+from prognos.core.service import main, package_version
+from prognos.ingest.bootstrap import STREAM, TRANSLATORS, build
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+
+if __name__ == "__main__":
+    main(
+        "ingest",
+        build=build,
+        migrations=MIGRATIONS,
+        version=package_version("prognos-ingest"),
+        stream=STREAM,
+        translators=TRANSLATORS,
+    )

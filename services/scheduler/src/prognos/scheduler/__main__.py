@@ -1,0 +1,17 @@
+"""``python -m prognos.scheduler migrate|serve``."""
+
+from pathlib import Path
+
+from prognos.core.service import main, package_version
+from prognos.scheduler.bootstrap import STREAM, build
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+
+if __name__ == "__main__":
+    main(
+        "scheduler",
+        build=build,
+        migrations=MIGRATIONS,
+        version=package_version("prognos-scheduler"),
+        stream=STREAM,
+    )

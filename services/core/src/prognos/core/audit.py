@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import desc, insert, select
 
+from prognos.core.telemetry import current_trace_id
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -134,8 +136,6 @@ async def append(
     """
     table = _table()
     if trace_id is None:
-        from prognos.core.telemetry import current_trace_id
-
         trace_id = current_trace_id()
     last = (
         await conn.execute(select(table.c.seq, table.c.hash).order_by(desc(table.c.seq)).limit(1))

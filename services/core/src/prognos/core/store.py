@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prognos.core import audit as _audit
-from prognos.core.context import current_actor
-from prognos.core.errors import ConcurrencyError
-from prognos.core.events import DomainEvent, decode, encode
+from google.protobuf.any_pb2 import Any as AnyProto
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -50,8 +47,16 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.core import audit as _audit
+from prognos.core.context import current_actor
+from prognos.core.errors import ConcurrencyError
+from prognos.core.events import DomainEvent, decode, encode
+from prognos.core.telemetry import current_traceparent, inject_headers
+
 if TYPE_CHECKING:
     from google.protobuf.message import Message
+
     from prognos.core.config import Settings
 
 NAMING_CONVENTION = {
@@ -292,8 +297,6 @@ class UnitOfWork:
         if not new_events:
             return []
         now = utcnow()
-        from prognos.core.telemetry import current_traceparent
-
         traceparent, tracestate = current_traceparent()
         meta = {
             "actor": self.actor,
@@ -317,20 +320,17 @@ class UnitOfWork:
                     "recorded_at": now,
                 }
             )
-        # The unique (stream_id, version) constraint decides races. A savepoint keeps the
-        # transaction usable on PostgreSQL after the violation, to read the actual version.
-        savepoint = await self.conn.begin_nested()
+        # The unique (stream_id, version) constraint decides races; the failed transaction
+        # rolls back, and the stream's actual version is read on a connection of its own.
         try:
             result = await self.conn.execute(
                 insert(events_table).returning(events_table.c.position, events_table.c.event_id),
                 rows,
             )
-            positions = {r.event_id: r.position for r in result}
-            await savepoint.commit()
         except IntegrityError:
-            await savepoint.rollback()
             actual = await self._stream_version(stream_id)
             raise ConcurrencyError(stream_id, expected_version, actual) from None
+        positions = {r.event_id: r.position for r in result}
         stored = [
             StoredEvent(position=positions[r["event_id"]], **r)  # type: ignore[arg-type]
             for r in rows
@@ -339,9 +339,13 @@ class UnitOfWork:
         return stored
 
     async def _stream_version(self, stream_id: str) -> int:
-        value = await self.conn.scalar(
-            select(func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
-        )
+        async with self.conn.engine.connect() as other:
+            other = await other.execution_options(prognos_readonly=True)
+            value = await other.scalar(
+                select(func.max(events_table.c.version)).where(
+                    events_table.c.stream_id == stream_id
+                )
+            )
         return int(value or 0)
 
     def publish(
@@ -361,9 +365,7 @@ class UnitOfWork:
                 a retried relay publication is dropped by JetStream as a duplicate.
             message_id: an explicit id when there is no stored cause.
         """
-        from google.protobuf.any_pb2 import Any as AnyProto
-        from prognos.api.common.v1.envelope_pb2 import Envelope
-        from prognos.core.telemetry import current_traceparent, inject_headers
+        from prognos.core.telemetry import current_traceparent
 
         msg_id = message_id or (cause.event_id if cause else str(uuid.uuid4()))
         traceparent, tracestate = current_traceparent()
@@ -415,18 +417,21 @@ class UnitOfWork:
         Returns:
             False when it was processed before (the caller skips its effect).
         """
-        savepoint = await self.conn.begin_nested()
-        try:
-            await self.conn.execute(
-                insert(tracking_table).values(
-                    consumer=consumer, message_id=message_id, processed_at=utcnow()
-                )
+        # Writers hold the service's writer lock, so nobody can record the same message
+        # between this read and the insert.
+        seen = await self.conn.scalar(
+            select(tracking_table.c.message_id).where(
+                tracking_table.c.consumer == consumer, tracking_table.c.message_id == message_id
             )
-            await savepoint.commit()
-            return True
-        except IntegrityError:
-            await savepoint.rollback()
+        )
+        if seen is not None:
             return False
+        await self.conn.execute(
+            insert(tracking_table).values(
+                consumer=consumer, message_id=message_id, processed_at=utcnow()
+            )
+        )
+        return True
 
     async def _flush_outbox(self) -> None:
         if not self.outbox:

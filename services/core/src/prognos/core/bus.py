@@ -18,19 +18,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats
+from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.core.context import reset_actor, set_actor
+from prognos.core.telemetry import extract_context
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
-    from prognos.api.common.v1.envelope_pb2 import Envelope
+
     from prognos.core.config import Settings
     from prognos.core.store import EventStore, UnitOfWork
 
@@ -52,7 +56,7 @@ DUPLICATE_WINDOW_S = 120.0
 async def connect(settings: Settings, url: str | None = None, *, name: str | None = None) -> Client:
     """Connect to NATS with the service's credentials, retrying the first connection."""
     options: dict[str, Any] = {
-        "servers": [url or settings.nats_url],
+        "servers": (url or settings.nats_url or "").split(","),
         "name": name or f"prognos-{settings.service}",
         "connect_timeout": 5,
         "max_reconnect_attempts": -1,
@@ -276,10 +280,6 @@ class Consumer:
                 log.debug("unsubscribe of %s failed", self._sub.durable, exc_info=True)
 
     async def _handle(self, msg: Msg) -> None:
-        from google.protobuf.message import DecodeError
-        from prognos.api.common.v1.envelope_pb2 import Envelope
-        from prognos.core.telemetry import extract_context
-
         envelope = Envelope()
         try:
             envelope.ParseFromString(msg.data)

@@ -23,19 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from prognos.api.common.v1 import access_pb2 as prognos_dot_api_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n prognos/api/common/v1/info.proto\x12\x15prognos.api.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\x8f\x01\n\x0fGetInfoResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08services\x18\x04 \x03(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t2g\n\x0bInfoService\x12X\n\x07GetInfo\x12%.prognos.api.common.v1.GetInfoRequest\x1a&.prognos.api.common.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n prognos/api/common/v1/info.proto\x12\x15prognos.api.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\"\x10\n\x0eGetInfoRequest\"\x8f\x01\n\x0fGetInfoResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08services\x18\x04 \x03(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t2\x9c\x01\n\x0bInfoService\x12\x8c\x01\n\x07GetInfo\x12%.prognos.api.common.v1.GetInfoRequest\x1a&.prognos.api.common.v1.GetInfoResponse\"2\x8a\xb5\x18.\n\x07gateway\n\x03\x65rp\n\x0bml-engineer\n\x08\x61pprover\n\x07\x61uditorb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.common.v1.info_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETINFOREQUEST']._serialized_start=92
-  _globals['_GETINFOREQUEST']._serialized_end=108
-  _globals['_GETINFORESPONSE']._serialized_start=111
-  _globals['_GETINFORESPONSE']._serialized_end=254
-  _globals['_INFOSERVICE']._serialized_start=256
-  _globals['_INFOSERVICE']._serialized_end=359
+  _globals['_INFOSERVICE'].methods_by_name['GetInfo']._loaded_options = None
+  _globals['_INFOSERVICE'].methods_by_name['GetInfo']._serialized_options = b'\212\265\030.\n\007gateway\n\003erp\n\013ml-engineer\n\010approver\n\007auditor'
+  _globals['_GETINFOREQUEST']._serialized_start=128
+  _globals['_GETINFOREQUEST']._serialized_end=144
+  _globals['_GETINFORESPONSE']._serialized_start=147
+  _globals['_GETINFORESPONSE']._serialized_end=290
+  _globals['_INFOSERVICE']._serialized_start=293
+  _globals['_INFOSERVICE']._serialized_end=449
 # @@protoc_insertion_point(module_scope)

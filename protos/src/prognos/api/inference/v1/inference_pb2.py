@@ -24,38 +24,45 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from prognos.api.common.v1 import access_pb2 as prognos_dot_api_dot_common_dot_v1_dot_access__pb2
 from prognos.api.ingest.v1 import ingest_pb2 as prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(prognos/api/inference/v1/inference.proto\x12\x18prognos.api.inference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"j\n\nTimeWindow\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13RemainingUsefulLife\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x10\n\x06\x63ycles\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"J\n\x12SensorContribution\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\r\n\x05value\x18\x03 \x01(\x01\"\xf6\x03\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12\r\n\x05plant\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x66\x61ilure_probability\x18\x06 \x01(\x01\x12\x36\n\x07horizon\x18\x07 \x01(\x0b\x32%.prognos.api.ingest.v1.FailureHorizon\x12:\n\x03rul\x18\x08 \x01(\x0b\x32-.prognos.api.inference.v1.RemainingUsefulLife\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x14\n\x0cinput_digest\x18\n \x01(\t\x12\x41\n\x0btop_sensors\x18\x0b \x03(\x0b\x32,.prognos.api.inference.v1.SensorContribution\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x34\n\x06window\x18\r \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12+\n\x07made_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x0ePredictRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x34\n\x06window\x18\x02 \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\"K\n\x0fPredictResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"K\n\x13PredictBatchRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\r\n\x05plant\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\"B\n\x0fPredictionError\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x01\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.prognos.api.inference.v1.Prediction\x12\x39\n\x06\x65rrors\x18\x02 \x03(\x0b\x32).prognos.api.inference.v1.PredictionError\"v\n\x18StreamPredictionsRequest\x12\r\n\x05plant\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x1f\n\x17min_failure_probability\x18\x03 \x01(\x01\x12\x16\n\x0einclude_shadow\x18\x04 \x01(\x08\"U\n\x19StreamPredictionsResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction2\xe1\x02\n\x10InferenceService\x12^\n\x07Predict\x12(.prognos.api.inference.v1.PredictRequest\x1a).prognos.api.inference.v1.PredictResponse\x12m\n\x0cPredictBatch\x12-.prognos.api.inference.v1.PredictBatchRequest\x1a..prognos.api.inference.v1.PredictBatchResponse\x12~\n\x11StreamPredictions\x12\x32.prognos.api.inference.v1.StreamPredictionsRequest\x1a\x33.prognos.api.inference.v1.StreamPredictionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(prognos/api/inference/v1/inference.proto\x12\x18prognos.api.inference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"j\n\nTimeWindow\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13RemainingUsefulLife\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x10\n\x06\x63ycles\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"J\n\x12SensorContribution\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\r\n\x05value\x18\x03 \x01(\x01\"\xf6\x03\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12\r\n\x05plant\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x66\x61ilure_probability\x18\x06 \x01(\x01\x12\x36\n\x07horizon\x18\x07 \x01(\x0b\x32%.prognos.api.ingest.v1.FailureHorizon\x12:\n\x03rul\x18\x08 \x01(\x0b\x32-.prognos.api.inference.v1.RemainingUsefulLife\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x14\n\x0cinput_digest\x18\n \x01(\t\x12\x41\n\x0btop_sensors\x18\x0b \x03(\x0b\x32,.prognos.api.inference.v1.SensorContribution\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x34\n\x06window\x18\r \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12+\n\x07made_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x0ePredictRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x34\n\x06window\x18\x02 \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\"K\n\x0fPredictResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"K\n\x13PredictBatchRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\r\n\x05plant\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\"B\n\x0fPredictionError\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x01\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.prognos.api.inference.v1.Prediction\x12\x39\n\x06\x65rrors\x18\x02 \x03(\x0b\x32).prognos.api.inference.v1.PredictionError\"v\n\x18StreamPredictionsRequest\x12\r\n\x05plant\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x1f\n\x17min_failure_probability\x18\x03 \x01(\x01\x12\x16\n\x0einclude_shadow\x18\x04 \x01(\x08\"U\n\x19StreamPredictionsResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction2\xa6\x03\n\x10InferenceService\x12v\n\x07Predict\x12(.prognos.api.inference.v1.PredictRequest\x1a).prognos.api.inference.v1.PredictResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp\x12\x80\x01\n\x0cPredictBatch\x12-.prognos.api.inference.v1.PredictBatchRequest\x1a..prognos.api.inference.v1.PredictBatchResponse\"\x11\x8a\xb5\x18\r\n\x0bml-engineer\x12\x96\x01\n\x11StreamPredictions\x12\x32.prognos.api.inference.v1.StreamPredictionsRequest\x1a\x33.prognos.api.inference.v1.StreamPredictionsResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMEWINDOW']._serialized_start=171
-  _globals['_TIMEWINDOW']._serialized_end=277
-  _globals['_REMAININGUSEFULLIFE']._serialized_start=279
-  _globals['_REMAININGUSEFULLIFE']._serialized_end=374
-  _globals['_SENSORCONTRIBUTION']._serialized_start=376
-  _globals['_SENSORCONTRIBUTION']._serialized_end=450
-  _globals['_PREDICTION']._serialized_start=453
-  _globals['_PREDICTION']._serialized_end=955
-  _globals['_PREDICTREQUEST']._serialized_start=957
-  _globals['_PREDICTREQUEST']._serialized_end=1045
-  _globals['_PREDICTRESPONSE']._serialized_start=1047
-  _globals['_PREDICTRESPONSE']._serialized_end=1122
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=1124
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=1199
-  _globals['_PREDICTIONERROR']._serialized_start=1201
-  _globals['_PREDICTIONERROR']._serialized_end=1267
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1270
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1410
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=1412
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1530
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=1532
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=1617
-  _globals['_INFERENCESERVICE']._serialized_start=1620
-  _globals['_INFERENCESERVICE']._serialized_end=1973
+  _globals['_INFERENCESERVICE'].methods_by_name['Predict']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\212\265\030\022\n\013ml-engineer\n\003erp'
+  _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._serialized_options = b'\212\265\030\r\n\013ml-engineer'
+  _globals['_INFERENCESERVICE'].methods_by_name['StreamPredictions']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['StreamPredictions']._serialized_options = b'\212\265\030\022\n\013ml-engineer\n\003erp'
+  _globals['_TIMEWINDOW']._serialized_start=207
+  _globals['_TIMEWINDOW']._serialized_end=313
+  _globals['_REMAININGUSEFULLIFE']._serialized_start=315
+  _globals['_REMAININGUSEFULLIFE']._serialized_end=410
+  _globals['_SENSORCONTRIBUTION']._serialized_start=412
+  _globals['_SENSORCONTRIBUTION']._serialized_end=486
+  _globals['_PREDICTION']._serialized_start=489
+  _globals['_PREDICTION']._serialized_end=991
+  _globals['_PREDICTREQUEST']._serialized_start=993
+  _globals['_PREDICTREQUEST']._serialized_end=1081
+  _globals['_PREDICTRESPONSE']._serialized_start=1083
+  _globals['_PREDICTRESPONSE']._serialized_end=1158
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=1160
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=1235
+  _globals['_PREDICTIONERROR']._serialized_start=1237
+  _globals['_PREDICTIONERROR']._serialized_end=1303
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1306
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1446
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=1448
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1566
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=1568
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=1653
+  _globals['_INFERENCESERVICE']._serialized_start=1656
+  _globals['_INFERENCESERVICE']._serialized_end=2078
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import nats
 import pytest
+
 from prognos.core.config import Settings
 from prognos.core.natsserver import (
     EmbeddedNats,
@@ -154,3 +157,31 @@ async def test_assert_eventually_returns_the_first_truthy_result() -> None:
         return next(values)
 
     assert await assert_eventually(next_value, timeout=2, interval=0.01) == 7
+
+
+def test_a_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from prognos.core.natsserver import EmbeddedNats\n"
+        "server = EmbeddedNats(sys.argv[1]).start()\n"
+        "print(server.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert not _pid_gone(pid)
+
+        parent.kill()  # no chance to clean up
+        parent.wait(10)
+
+        wait_until(lambda: _pid_gone(pid), timeout=10, message=f"orphaned pid {pid} gone")
+    finally:
+        parent.kill()
+        parent.wait(10)

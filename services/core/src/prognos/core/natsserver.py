@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,9 +28,9 @@ __all__ = [
     "NatsEndpoint",
     "NatsServerError",
     "connect_or_embed",
+    "die_with_parent",
     "find_nats_server",
     "free_port",
-    "parent_death_signal",
     "probe_nats",
 ]
 
@@ -109,29 +108,37 @@ def probe_nats(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """Build a ``preexec_fn`` that makes a child get ``sig`` when its parent dies (Linux).
+# Runs in a fresh interpreter between spawn and exec: arm the parent-death signal, give up
+# if the parent is already gone (the signal would never come), then become the real program.
+_DIE_WITH_PARENT = """\
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, int(sys.argv[1]), 0, 0, 0)
+if os.getppid() != int(sys.argv[2]):
+    sys.exit(1)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def die_with_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
+    """Wrap a command so that its process gets ``sig`` when this process dies (Linux).
 
     It keeps children from outliving a launcher that was killed without a chance to clean
-    up. The signal is sent when the *thread* that started the child exits, so start
-    long-lived children from a thread that lives as long as they should (the main thread).
+    up. A small exec shim arms ``PR_SET_PDEATHSIG`` instead of a ``preexec_fn``, so the
+    spawn stays a plain vfork/exec that is safe beside gRPC's threads. The signal is sent
+    when the *thread* that spawned the child exits: spawn long-lived children from the
+    main thread. The child keeps the pid that ``Popen`` reports.
 
     Args:
+        argv: The command; ``argv[0]`` is a path or a name on ``PATH``.
         sig: The signal the child receives.
 
     Returns:
-        A function for ``subprocess.Popen(preexec_fn=...)``, or None off Linux.
+        The wrapped command, or ``argv`` unchanged off Linux.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    # Resolve prctl before fork: the child must not load libraries between fork and exec.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def _set() -> None:
-        prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
-
-    return _set
+        return list(argv)
+    shim = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT]
+    return [*shim, str(int(sig)), str(os.getpid()), *argv]
 
 
 class EmbeddedNats:
@@ -267,7 +274,8 @@ class EmbeddedNats:
         started = False
         try:
             deadline = time.monotonic() + self._start_timeout
-            while not self._ready(deadline):
+            # Readiness is not an awaitable event: poll it against the deadline.
+            while not self._ready(deadline):  # noqa: ASYNC110
                 await asyncio.sleep(_POLL_S)
             started = True
         finally:
@@ -297,7 +305,7 @@ class EmbeddedNats:
         if process.poll() is None:
             process.terminate()
             deadline = time.monotonic() + self._stop_timeout
-            while process.poll() is None and time.monotonic() < deadline:
+            while process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(_POLL_S)
             if process.poll() is None:
                 self._kill()
@@ -356,14 +364,12 @@ class EmbeddedNats:
         # Start-up errors that precede the log file go to stderr: append both to the log.
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                argv,
+                die_with_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 # Its own group, so a Ctrl-C meant for our process reaches it only through us.
                 process_group=0,
-                # Safe with threads: it only calls a prctl resolved before the fork.
-                preexec_fn=parent_death_signal(),  # noqa: PLW1509
             )
 
     def _ready(self, deadline: float) -> bool:

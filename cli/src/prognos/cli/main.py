@@ -1,0 +1,20 @@
+"""The ``prognos`` command line: one Typer app to which each module adds its commands."""
+
+from __future__ import annotations
+
+import typer
+
+from prognos.cli import launcher
+
+app = typer.Typer(
+    name="prognos",
+    help="Prognos: predictive maintenance from telemetry to scheduled work orders.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+app.command("up")(launcher.up)
+app.command("status")(launcher.status)
+
+if __name__ == "__main__":
+    app()

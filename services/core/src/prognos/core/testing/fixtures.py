@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from prognos.core.natsserver import EmbeddedNats
 
 __all__ = ["nats_server", "nats_url"]

@@ -30,7 +30,7 @@ def _timeout_error(
 async def assert_eventually(
     condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
     *,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the deadline is what this helper is about
     interval: float = 0.05,
     message: str | None = None,
     retry_on: tuple[type[Exception], ...] = (AssertionError,),

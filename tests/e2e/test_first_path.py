@@ -10,16 +10,13 @@ import pytest
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo
 from prognos.core.errors import ConcurrencyError, InvalidArgumentError, from_grpc_error
 from prognos.core.telemetry import read_spans
 from prognos.core.testing.waiting import assert_eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
-
-
-def address(info: RunInfo, service: str) -> str:
-    return next(s.address for s in info.services if s.name == service)
 
 
 def pump(name: str = "pump", max_temp: float = 120.0) -> ingest_pb2.AssetType:
@@ -33,7 +30,7 @@ def pump(name: str = "pump", max_temp: float = 120.0) -> ingest_pb2.AssetType:
 
 
 async def _registry_types(info: RunInfo) -> dict[str, int]:
-    async with grpc.aio.insecure_channel(address(info, "registry")) as channel:
+    async with open_channel(info, "registry") as channel:
         response = await registry_pb2_grpc.ModelRegistryStub(channel).ListAssetTypes(
             registry_pb2.ListAssetTypesRequest(), timeout=5
         )
@@ -43,7 +40,7 @@ async def _registry_types(info: RunInfo) -> dict[str, int]:
 async def test_an_asset_type_registered_at_ingest_reaches_the_registry_once(
     fleet: RunInfo,
 ) -> None:
-    async with grpc.aio.insecure_channel(address(fleet, "ingest")) as channel:
+    async with open_channel(fleet, "ingest") as channel:
         ingest = ingest_pb2_grpc.IngestServiceStub(channel)
         registered = await ingest.RegisterAssetType(
             ingest_pb2.RegisterAssetTypeRequest(asset_type=pump()), timeout=5
@@ -62,7 +59,7 @@ async def test_an_asset_type_registered_at_ingest_reaches_the_registry_once(
 
 
 async def test_two_concurrent_updates_at_the_same_version_one_is_aborted(fleet: RunInfo) -> None:
-    async with grpc.aio.insecure_channel(address(fleet, "ingest")) as channel:
+    async with open_channel(fleet, "ingest") as channel:
         ingest = ingest_pb2_grpc.IngestServiceStub(channel)
         await ingest.RegisterAssetType(
             ingest_pb2.RegisterAssetTypeRequest(asset_type=pump("press")), timeout=5
@@ -91,7 +88,7 @@ async def test_two_concurrent_updates_at_the_same_version_one_is_aborted(fleet: 
 async def test_a_bad_asset_type_gets_invalid_argument_naming_the_field(fleet: RunInfo) -> None:
     bad = pump("bad")
     bad.channels[1].max_value = -1
-    async with grpc.aio.insecure_channel(address(fleet, "ingest")) as channel:
+    async with open_channel(fleet, "ingest") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
                 ingest_pb2.RegisterAssetTypeRequest(asset_type=bad), timeout=5
@@ -103,7 +100,7 @@ async def test_a_bad_asset_type_gets_invalid_argument_naming_the_field(fleet: Ru
 
 
 async def test_the_trace_of_a_call_continues_into_the_consuming_service(fleet: RunInfo) -> None:
-    async with grpc.aio.insecure_channel(address(fleet, "ingest")) as channel:
+    async with open_channel(fleet, "ingest") as channel:
         await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
             ingest_pb2.RegisterAssetTypeRequest(asset_type=pump("fan")), timeout=5
         )

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from prognos.ingest.domain import AssetTypeSpec
+from prognos.ingest.domain import AssetTypeSpec, SensorChannel
 from prognos.ingest.units import Conversion, UnitMismatchError, UnknownUnitError, converter
 
 __all__ = [
@@ -29,6 +29,7 @@ DEFAULT_MAX_ROWS = 50_000
 _MAX_ASSET_ID_LENGTH = 200
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
+_NO_INDEX = np.empty(0, dtype=np.intp)
 
 ColumnsArg = Mapping[str, tuple[str, np.ndarray]] | Sequence[tuple[str, str, np.ndarray]]
 
@@ -152,7 +153,7 @@ def _as_timestamps(raw: object, violations: list[FieldViolation]) -> np.ndarray 
     if ts.size == 0:
         violations.append(FieldViolation("timestamps_us", "empty batch: no timestamps"))
         return None
-    if ts.dtype == np.bool_ or not np.issubdtype(ts.dtype, np.integer):
+    if ts.dtype.kind not in "iu":
         violations.append(
             FieldViolation("timestamps_us", f"must be integer microseconds, got {ts.dtype}")
         )
@@ -173,9 +174,7 @@ def _as_values(name: str, raw: object, violations: list[FieldViolation]) -> np.n
     if values.ndim != 1:
         violations.append(FieldViolation(where, f"must be 1-D, got shape {values.shape}"))
         return None
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_) or (
-        np.issubdtype(values.dtype, np.complexfloating)
-    ):
+    if values.dtype.kind not in "biuf":
         violations.append(FieldViolation(where, f"must be real numbers, got {values.dtype}"))
         return None
     return values
@@ -261,14 +260,16 @@ def validate_batch(
         )
         ts = None
 
+    by_name = {channel.name: channel for channel in spec.channels}
     names: list[str] = []
+    channels: list[SensorChannel] = []
     conversions: list[Conversion] = []
     arrays: list[np.ndarray] = []
     raw_units: dict[str, str] = {}
     seen: set[str] = set()
     for name, unit, raw_values in _column_items(columns, violations):
         where = f"columns[{name}]"
-        channel = spec.channel(name) if isinstance(name, str) else None
+        channel = by_name.get(name) if isinstance(name, str) else None
         if channel is None:
             violations.append(
                 FieldViolation(where, f"unknown channel for asset type {spec.name!r}")
@@ -292,6 +293,7 @@ def validate_batch(
         if conversion is None or values is None:
             continue
         names.append(name)
+        channels.append(channel)
         conversions.append(conversion)
         arrays.append(values)
         raw_units[name] = unit
@@ -311,8 +313,8 @@ def validate_batch(
     for i, values in enumerate(arrays):
         raw[i] = values
     canonical = _convert(raw, conversions)
-    low = np.array([spec.channel(n).min_value for n in names])[:, None]  # type: ignore[union-attr]
-    high = np.array([spec.channel(n).max_value for n in names])[:, None]  # type: ignore[union-attr]
+    low = np.array([channel.min_value for channel in channels])[:, None]
+    high = np.array([channel.max_value for channel in channels])[:, None]
 
     codes = np.zeros(raw.shape, dtype=np.uint8)
     with np.errstate(invalid="ignore"):
@@ -322,7 +324,8 @@ def validate_batch(
     bad_rows = row_codes != 0
     codes[:, bad_rows] = row_codes[bad_rows]
 
-    channel_idx, row_idx = np.nonzero(codes)
+    any_bad = bool(codes.any())
+    channel_idx, row_idx = np.nonzero(codes) if any_bad else (_NO_INDEX, _NO_INDEX)
     quarantine = Quarantine(
         channels=tuple(names),
         raw_units=raw_units,
@@ -334,22 +337,30 @@ def validate_batch(
     per_code = np.bincount(quarantine.reason_codes, minlength=len(_REASONS) + 1)
     counts = {r: int(per_code[i + 1]) for i, r in enumerate(_REASONS) if per_code[i + 1]}
 
-    good = codes == 0
-    canonical[~good] = np.nan
-    keep = good.any(axis=0)
     order = np.argsort(ts, kind="stable")
-    order = order[keep[order]]
-    accepted = canonical[:, order]
+    accepted_values = int(raw.size)
+    if any_bad:
+        good = codes == 0
+        canonical[~good] = np.nan
+        keep = good.any(axis=0)
+        order = order[keep[order]]
+        accepted_values = int(np.count_nonzero(good))
+    if order.size != ts.size or np.any(order[1:] < order[:-1]):
+        accepted = canonical[:, order]
+        timestamps = ts[order]
+    else:  # already in order: no copy
+        accepted = canonical
+        timestamps = ts.copy()
     return BatchValidation(
         asset_id=asset_id,
-        timestamps_us=ts[order],
+        timestamps_us=timestamps,
         columns={name: accepted[i] for i, name in enumerate(names)},
         quarantine=quarantine,
         counts=counts,
         received_values=int(raw.size),
-        accepted_values=int(np.count_nonzero(good)),
+        accepted_values=accepted_values,
         reordered_rows=reordered,
-        units={name: spec.channel(name).unit for name in names},  # type: ignore[union-attr]
+        units={name: channel.unit for name, channel in zip(names, channels, strict=True)},
     )
 
 

@@ -281,7 +281,7 @@ def test_json_lines_become_batches_and_bad_lines_are_reported(tmp_path: Path) ->
     reasons = {e.line: e.reason for e in reader.errors}
     assert reasons[3].startswith("not JSON")
     assert reasons[4] == "expected a JSON object, found list"
-    assert reasons[5] == "missing timestamp 'ts'"
+    assert reasons[5] == "missing timestamp"
     assert reasons[6] == "key 'temp': 'hot' is not a number"
 
 
@@ -453,3 +453,53 @@ def test_reader_is_an_iterator_with_its_own_report() -> None:
     assert isinstance(reader, BatchReader)
     assert list(reader) == []
     assert (reader.rows, reader.errors, reader.error_count) == (0, [], 0)
+
+
+def assert_same_batches(left: list[FileBatch], right: list[FileBatch]) -> None:
+    assert [(b.asset_id, b.lines.tolist(), b.timestamps_us.tolist()) for b in left] == [
+        (b.asset_id, b.lines.tolist(), b.timestamps_us.tolist()) for b in right
+    ]
+    for a, b in zip(left, right, strict=True):
+        assert a.columns.keys() == b.columns.keys()
+        for name, (unit, values) in a.columns.items():
+            assert b.columns[name][0] == unit
+            np.testing.assert_array_equal(values, b.columns[name][1])
+
+
+def test_csv_arrow_and_line_by_line_paths_agree(tmp_path: Path) -> None:
+    rows = [
+        f"2024-05-01T00:00:{i:02d}Z,p{i % 2},{i * 1.5},{'' if i % 5 == 0 else i}" for i in range(40)
+    ]
+    rows[7] = "2024-05-01T00:00:07Z,,1,2"  # no asset
+    rows[9] = "2024-05-01T00:00:09Z,p1,1"  # too few fields
+    rows[11] = "not-a-time,p1,1,2"
+    header = "time,asset,temp_f,pressure\n"
+    fast = read_csv(write(tmp_path, header + "\n".join(rows) + "\n", "a.csv"), MAPPING)
+    # A quoted field sends the block down the line-by-line path.
+    slow = read_csv(
+        write(tmp_path, header + "\n".join(rows) + '\n"2024-05-01",p1,,x\n', "b.csv"), MAPPING
+    )
+    fast_batches, slow_batches = list(fast), list(slow)
+    assert_same_batches(fast_batches, slow_batches)
+    assert [e.line for e in fast.errors] == [e.line for e in slow.errors][:-1] == [9, 11, 13]
+    assert [e.reason for e in fast.errors] == [e.reason for e in slow.errors][:-1]
+
+
+def test_json_lines_arrow_and_line_by_line_paths_agree(tmp_path: Path) -> None:
+    ms = T0_US // 1000
+    records = [
+        {"ts": ms + i, "asset": f"p{i % 3}", "temp": i * 0.5, "rpm": None if i % 4 else i}
+        for i in range(40)
+    ]
+    records[5] = {"asset": "p1", "temp": 1.0}  # no timestamp
+    records[6] = {"ts": ms, "asset": " ", "temp": 1.0}  # blank asset
+    body = "\n".join(json.dumps(r) for r in records) + "\n"
+    fast = read_json_lines(write(tmp_path, body, "a.jsonl"), JSON_MAPPING)
+    # A blank line sends the block down the line-by-line path.
+    slow = read_json_lines(write(tmp_path, body + "\n", "b.jsonl"), JSON_MAPPING)
+    assert_same_batches(list(fast), list(slow))
+    assert fast.errors == slow.errors
+    assert [(e.line, e.reason) for e in fast.errors] == [
+        (6, "missing timestamp"),
+        (7, "missing asset id"),
+    ]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 
 from prognos.ingest.domain import AssetTypeSpec, FailureHorizon, SensorChannel
 from prognos.ingest.units import UnknownUnitError, check_unit
@@ -499,14 +500,20 @@ def _csv_batches(
         stream.close()
 
 
-def _fast_path_possible(block: bytes) -> bool:
-    if b'"' in block or b"\n\n" in block or b"\n\r\n" in block or block.startswith((b"\n", b"\r")):
-        return False
+def _is_utf8(block: bytes) -> bool:
+    if block.isascii():
+        return True
     try:
         block.decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _fast_path_possible(block: bytes) -> bool:
+    if b'"' in block or b"\n\n" in block or b"\n\r\n" in block or block.startswith((b"\n", b"\r")):
+        return False
+    return _is_utf8(block)
 
 
 def _csv_block_fast(
@@ -563,34 +570,62 @@ def _csv_block_fast(
     lines = kept + (first_line - 1)
     if lines.size != table.num_rows:
         return None  # the parser and our line count disagree; take the careful path
-    for number, reason in skipped:
-        reader.error(first_line + number - 1, reason)
+    problems = [(first_line + number - 1, reason) for number, reason in skipped]
 
+    asset = names[layout.asset] if layout.asset is not None else None
+    channels = [names[i] for i in layout.channels]
+    return _rows_from_table(
+        reader,
+        table,
+        lines,
+        names[layout.timestamp],
+        mapping.time_format,
+        asset,
+        channels,
+        problems,
+    )
+
+
+def _rows_from_table(
+    reader: BatchReader,
+    table: pa.Table,
+    lines: np.ndarray,
+    timestamp: str,
+    time_format: TimeFormat,
+    asset: str | None,
+    channels: list[str],
+    problems: list[tuple[int, str]] | None = None,
+) -> _Rows:
+    """Rows parsed by Arrow to ``_Rows``; reports, in line order, ``problems`` found while
+    parsing and the rows without a usable time or asset."""
+    problems = [] if problems is None else problems
     ok = np.ones(table.num_rows, dtype=bool)
-    ts_column = table.column(names[layout.timestamp])
-    if iso:
+    ts_column = table.column(timestamp)
+    if time_format is TimeFormat.ISO_8601:
         ts, ts_ok = _iso_column(ts_column)
     else:
-        ts, ts_ok = _to_us_array(_floats(ts_column), mapping.time_format)
+        ts, ts_ok = _to_us_array(_floats(ts_column), time_format)
     for row in np.flatnonzero(~ts_ok).tolist():
         value = ts_column[row].as_py()
         reason = "missing timestamp" if value is None else f"bad timestamp {value!r}"
-        reader.error(int(lines[row]), reason)
+        problems.append((int(lines[row]), reason))
     ok &= ts_ok
 
     asset_codes: np.ndarray | None = None
     asset_names: list[str] = []
-    if layout.asset is not None:
-        asset_column = pc.utf8_trim_whitespace(table.column(names[layout.asset]))
+    if asset is not None:
+        asset_column = pc.utf8_trim_whitespace(table.column(asset))
         encoded = pc.dictionary_encode(asset_column).combine_chunks()
         asset_names = encoded.dictionary.to_pylist()
         asset_codes = np.asarray(pc.coalesce(encoded.indices, 0).to_numpy(), dtype=np.intp)
         blank = pc.coalesce(pc.equal(asset_column, ""), pa.scalar(True))
         missing = np.asarray(blank.to_numpy(), dtype=bool)
         for row in np.flatnonzero(missing & ok).tolist():
-            reader.error(int(lines[row]), "missing asset id")
+            problems.append((int(lines[row]), "missing asset id"))
         ok &= ~missing
-    values = [_floats(table.column(names[i])) for i in layout.channels]
+    for line, reason in sorted(problems, key=lambda problem: problem[0]):
+        reader.error(line, reason)
+    values = [_floats(table.column(name)) for name in channels]
     if not ok.all():
         lines, ts = lines[ok], ts[ok]
         asset_codes = asset_codes[ok] if asset_codes is not None else None
@@ -744,7 +779,12 @@ def _json_batches(
     try:
         batcher = _Batcher(mapping, max_rows)
         for first_line, block in stream.blocks():
-            yield from batcher.add(_json_block(reader, first_line, block, mapping))
+            if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
+                block = block[3:]
+            rows = _json_block_fast(reader, first_line, block, mapping)
+            if rows is None:
+                rows = _json_block(reader, first_line, block, mapping)
+            yield from batcher.add(rows)
             stream.progress()
         yield from batcher.flush()
         stream.progress()
@@ -760,11 +800,48 @@ def _json_value(value: object) -> float:
     return float(value)
 
 
+def _json_block_fast(
+    reader: BatchReader, first_line: int, block: bytes, mapping: ColumnMapping
+) -> _Rows | None:
+    """Parse a block with Arrow; None when the block needs the line-by-line parser."""
+    keys = [mapping.timestamp, *(ch.column for ch in mapping.channels)]
+    if mapping.asset_column is not None:
+        keys.append(mapping.asset_column)
+    if len(set(keys)) != len(keys) or not _is_utf8(block):
+        return None
+    iso = mapping.time_format is TimeFormat.ISO_8601
+    fields = [(mapping.timestamp, pa.string() if iso else pa.float64())]
+    fields += [(ch.column, pa.float64()) for ch in mapping.channels]
+    if mapping.asset_column is not None:
+        fields.append((mapping.asset_column, pa.string()))
+    try:
+        table = pa_json.read_json(
+            io.BytesIO(block),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    n_lines = block.count(b"\n")
+    if table.num_rows != n_lines:
+        return None  # blank lines, which Arrow skips: take the careful path to number lines
+    lines = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+    return _rows_from_table(
+        reader,
+        table,
+        lines,
+        mapping.timestamp,
+        mapping.time_format,
+        mapping.asset_column,
+        [ch.column for ch in mapping.channels],
+    )
+
+
 def _json_block(
     reader: BatchReader, first_line: int, block: bytes, mapping: ColumnMapping
 ) -> _Rows:
-    if first_line == 1 and block.startswith(b"\xef\xbb\xbf"):
-        block = block[3:]
     lines: list[int] = []
     stamps: list[int] = []
     assets: list[str] = []
@@ -788,13 +865,13 @@ def _json_block(
         if not isinstance(record, dict):
             reader.error(number, f"expected a JSON object, found {type(record).__name__}")
             continue
-        if mapping.timestamp not in record or record[mapping.timestamp] is None:
-            reader.error(number, f"missing timestamp {mapping.timestamp!r}")
+        if record.get(mapping.timestamp) is None:
+            reader.error(number, "missing timestamp")
             continue
         try:
             stamp = _time_to_us(record[mapping.timestamp], mapping.time_format)
-        except (ValueError, OverflowError) as e:
-            reader.error(number, f"bad timestamp: {e}")
+        except (ValueError, OverflowError):
+            reader.error(number, f"bad timestamp {record[mapping.timestamp]!r}")
             continue
         asset = ""
         if mapping.asset_column is not None:
@@ -802,7 +879,7 @@ def _json_block(
             if isinstance(asset_value, int) and not isinstance(asset_value, bool):
                 asset_value = str(asset_value)
             if not isinstance(asset_value, str) or not asset_value.strip():
-                reader.error(number, f"missing asset id {mapping.asset_column!r}")
+                reader.error(number, "missing asset id")
                 continue
             asset = asset_value.strip()
         row: list[float] = []

@@ -121,7 +121,7 @@ def test_csv_cuts_batches_of_at_most_max_rows(tmp_path: Path) -> None:
     batches = list(reader)
     assert all(1 <= len(b) <= 7 for b in batches)
     assert reader.rows == 100
-    sizes = Counter()
+    sizes: Counter[str] = Counter()
     for batch in batches:
         sizes[batch.asset_id] += len(batch)
         assert {int(v) % 3 for v in batch.columns["bearing_temp"][1]} == {int(batch.asset_id[1])}
@@ -412,7 +412,7 @@ def test_reads_the_real_ai4i_csv_with_its_byte_order_mark() -> None:
     batches = list(reader)
     assert reader.errors == []
     assert reader.rows == 10_000
-    sizes = Counter()
+    sizes: Counter[str] = Counter()
     failures = 0.0
     for batch in batches:
         sizes[batch.asset_id] += len(batch)

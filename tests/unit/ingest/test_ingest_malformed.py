@@ -335,3 +335,9 @@ def test_the_reported_errors_are_capped_but_all_counted() -> None:
     assert rows == 2
     assert reader.error_count == 5_000
     assert len(lines) == 1_000
+
+
+def test_a_text_stream_is_rejected_with_a_field() -> None:
+    with pytest.raises(FileFormatError) as caught:
+        list(read_csv(io.StringIO("time,asset,t,p\n"), MAPPING))  # type: ignore[arg-type]
+    assert caught.value.field == "source"

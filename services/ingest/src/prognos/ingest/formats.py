@@ -142,7 +142,7 @@ class FailureLabel:
     cycle: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FileBatch:
     """Readings of one asset from a file, ready for ``validate_batch``.
 
@@ -214,6 +214,8 @@ class _Input:
 
     def _read(self, size: int) -> bytes:
         data = self._file.read(size)
+        if not isinstance(data, bytes):
+            raise FileFormatError("source", "must be a path or a stream opened in binary mode")
         self.bytes_read += len(data)
         return data
 

@@ -97,7 +97,7 @@ def registry() -> pint.UnitRegistry:
         sensors and vibration spectra use it, instead of pint's angular velocity
         (60 rpm = 2π rad/s).
     """
-    ureg = pint.UnitRegistry(preprocessors=[_rewrite_aliases])
+    ureg: pint.UnitRegistry = pint.UnitRegistry(preprocessors=[_rewrite_aliases])
     # A new unit, not a redefinition of pint's revolutions_per_minute: pint keeps root-unit
     # caches that a redefinition would leave stale. "rpm" is rewritten to this name.
     ureg.define("rotations_per_minute = 1 / minute")
@@ -116,8 +116,9 @@ def _parse(unit: str) -> pint.Unit:
     # tokenize.TokenError, ...) on malformed text; all of them mean "not a unit".
     except Exception as e:
         raise UnknownUnitError(unit, f"is not a known unit ({type(e).__name__})") from None
-    for exponent in dict(parsed.dimensionality).values():
-        if exponent != int(exponent) or abs(exponent) > _MAX_EXPONENT:
+    for raw_exponent in dict(parsed.dimensionality).values():
+        exponent = float(raw_exponent)  # type: ignore[arg-type]
+        if not exponent.is_integer() or abs(exponent) > _MAX_EXPONENT:
             raise UnknownUnitError(unit, "has an implausible exponent for a sensor unit")
     return parsed
 
@@ -178,7 +179,7 @@ class Conversion:
 
 def _angle_exponent(unit: pint.Unit) -> float:
     _, root = registry().get_root_units(unit)
-    return float(dict(root._units).get("radian", 0))
+    return float(dict(root._units).get("radian", 0))  # type: ignore[arg-type]
 
 
 def converter(from_unit: str, to_unit: str) -> Callable[[np.ndarray], np.ndarray]:

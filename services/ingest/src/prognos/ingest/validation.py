@@ -78,7 +78,7 @@ class QuarantinedReading(NamedTuple):
     raw_value: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Quarantine:
     """The quarantined readings of one batch, stored column-wise.
 
@@ -110,7 +110,7 @@ class Quarantine:
         return [_REASONS[code - 1] for code in self.reason_codes.tolist()]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BatchValidation:
     """What became of a batch: the good readings in canonical units, and the quarantine.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,15 +15,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from prognos.cli.certs import DevSecrets
 from prognos.core.config import SERVICES
 from prognos.core.natsserver import free_port, probe_nats
 from prognos.core.testing import wait_until
+from prognos.core.tls import channel_credentials
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 TINY = "tiny_grpc_service"
-REAL_SERVICES_MISSING = [
-    name for name in SERVICES if importlib.util.find_spec(f"prognos.{name}.__main__") is None
-]
 
 
 @dataclass
@@ -85,8 +83,16 @@ def _processes_using(data_dir: Path) -> list[int]:
     return found
 
 
-def _health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
+def _log(up: Up, service: str) -> str:
+    path = up.data_dir / "logs" / f"{service}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _health(address: str, data_dir: Path) -> str:
+    # `prognos up` serves mutual TLS with the development CA it made in the data directory.
+    secrets = DevSecrets(data_dir / "secrets")
+    credentials = channel_credentials(secrets.ca_cert, secrets.client_cert, secrets.client_key)
+    with grpc.secure_channel(address, credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=2
         )
@@ -134,7 +140,10 @@ def _wait_running(up: Up, timeout: float) -> dict[str, object]:
             raise RuntimeError(f"prognos up exited with {up.process.returncode}:\n{up.text()}")
         return up.run_file.exists()
 
-    wait_until(running, timeout=timeout, interval=0.1, message="run.json written")
+    try:
+        wait_until(running, timeout=timeout, interval=0.1, message="run.json written")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; prognos up said:\n{up.text()}") from None
     document: dict[str, object] = json.loads(up.run_file.read_text())
     return document
 
@@ -166,7 +175,7 @@ def _serves(up: Up, names: tuple[str, ...], timeout: float) -> None:
     assert [s["name"] for s in services] == list(names)
     assert len({s["address"] for s in services}) == len(names), "one port per service"
     for service in services:
-        assert _health(service["address"]) == "SERVING"
+        assert _health(service["address"], up.data_dir) == "SERVING"
         assert Path(service["log"]).is_file()
     nats_url = str(document["nats_url"])
     assert nats_url != "nats://127.0.0.1:4222" and probe_nats(nats_url)
@@ -187,19 +196,8 @@ def _serves(up: Up, names: tuple[str, ...], timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_up_serves_every_service_then_sigint_leaves_no_process(start_up: StartUp) -> None:
-    up = start_up(*_tiny(*SERVICES))
-
-    _serves(up, SERVICES, timeout=100)
-
-
-@pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(
-    bool(REAL_SERVICES_MISSING),
-    reason=f"no __main__ yet for prognos.{', prognos.'.join(REAL_SERVICES_MISSING)}",
-)
-def test_up_runs_the_four_real_services(start_up: StartUp) -> None:
+def test_up_serves_the_four_services_then_sigint_leaves_no_process(start_up: StartUp) -> None:
     up = start_up("--timeout", "240")
 
     _serves(up, SERVICES, timeout=260)
@@ -232,6 +230,35 @@ def test_a_crashed_service_stops_everything_and_shows_its_log(start_up: StartUp)
     wait_until(lambda: all(_pid_gone(pid) for pid in pids), timeout=10, message="all pids gone")
     assert _processes_using(up.data_dir) == []
     assert not up.run_file.exists()
+
+
+def test_sigint_while_starting_stops_everything(start_up: StartUp) -> None:
+    up = start_up(*_tiny("ingest", "registry"), TINY_SERVICE_FAIL="registry:hang")
+    wait_until(
+        lambda: "ingest: SERVING" in up.text() and "hanging on purpose" in _log(up, "registry"),
+        timeout=60,
+        interval=0.1,
+        message="ingest serving while registry hangs",
+    )
+    children = _processes_using(up.data_dir)
+    assert len(children) >= 3, "nats-server and both services run"
+
+    up.process.send_signal(signal.SIGINT)
+
+    assert up.process.wait(30) == 0, up.text()
+    wait_until(lambda: all(_pid_gone(pid) for pid in children), timeout=10, message="all gone")
+    assert _processes_using(up.data_dir) == []
+    assert not up.run_file.exists()
+
+
+def test_an_unreachable_nats_url_fails_before_anything_starts(start_up: StartUp) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    up = start_up(*_tiny("ingest"), "--nats-url", dead)
+
+    assert up.process.wait(60) == 1, up.text()
+
+    assert f"no NATS server answers at {dead}" in up.text()
+    assert not (up.data_dir / "logs" / "ingest.log").exists(), "nothing was started"
 
 
 def test_status_fails_when_nothing_runs(tmp_path: Path) -> None:

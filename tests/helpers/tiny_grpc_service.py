@@ -6,8 +6,9 @@ before ``serve``, and ``serve`` answers ``grpc.health.v1`` and ``InfoService`` o
 configured port until SIGTERM.
 
 Faults for the tests, from ``TINY_SERVICE_FAIL=<name>:<phase>``: ``migrate`` makes migrate
-fail, ``serve`` makes serve exit before it listens, ``later`` makes it exit once the file
-``<data_dir>/<name>.crash`` appears.
+fail, ``serve`` makes serve exit before it listens, ``hang`` makes serve wait for SIGTERM
+without ever listening, ``later`` makes it exit once the file ``<data_dir>/<name>.crash``
+appears.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from prognos.api.common.v1 import info_pb2, info_pb2_grpc
 from prognos.core.config import Settings
+from prognos.core.tls import server_credentials
 
 VERSION = "0.0.0+tiny"
 
@@ -65,18 +67,27 @@ async def serve(settings: Settings) -> int:
     if _fault(settings.service) == "serve":
         print(f"{settings.service}: failed to start on purpose", file=sys.stderr)
         return 4
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if _fault(settings.service) == "hang":
+        print(f"{settings.service}: hanging on purpose", flush=True)
+        await stop.wait()
+        return 0
     server = grpc.aio.server()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     info_pb2_grpc.add_InfoServiceServicer_to_server(_Info(settings.service), server)
-    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    # Mutual TLS when the launcher configured it, as a real service serves.
+    credentials = server_credentials(settings)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     print(f"{settings.service}: serving on {settings.grpc_host}:{settings.grpc_port}", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
     crash_file = settings.data_dir / f"{settings.service}.crash"
     crashes = _fault(settings.service) == "later"
     while not stop.is_set():

@@ -156,7 +156,9 @@ class Plan:
     """Where each work item goes, and why the others go nowhere.
 
     ``objective`` is the minimised total: expected failure cost plus disruption, plus the
-    move penalties in a re-plan. ``mip_gap`` is HiGHS's relative gap (0 when trivially solved).
+    move penalties in a re-plan. ``mip_gap`` is how far ``objective`` may be, relative to
+    itself, above the best lower bound proven (NaN when none was). ``variables`` counts the
+    feasible (item, window) pairs.
     """
 
     assignments: dict[str, str]
@@ -804,7 +806,7 @@ class _Model:
                 UnplacedReason.NO_CAPACITY_BEFORE_FAILURE,
                 f"all {len(candidates)} windows before the predicted failure "
                 f"({self.windows[candidates[0]].id} .. {self.windows[candidates[-1]].id}) "
-                f"are full of {item.skill} work with a higher expected failure cost per hour",
+                f"are full of {item.skill} work whose placement saves more expected cost",
             )
         best = float(self.failure_cost[n] - self._best_pair_cost(n, room))
         return Unplaced(

@@ -66,6 +66,10 @@ EXPECTED_SERVICES: dict[str, dict[str, list[str]]] = {
             "StartWorkOrder",
             "CompleteWorkOrder",
             "CancelWorkOrder",
+            "SetWorkOrderPolicy",
+            "GetWorkOrderPolicy",
+            "ListPolicyDecisions",
+            "UpsertWebhookEndpoint",
         ]
     },
 }

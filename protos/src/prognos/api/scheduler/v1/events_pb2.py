@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from prognos.api.scheduler.v1 import scheduler_pb2 as prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/scheduler/v1/events.proto\x12\x18prognos.api.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/scheduler/v1/scheduler.proto\"L\n\x11WorkOrderProposed\x12\x37\n\nwork_order\x18\x01 \x01(\x0b\x32#.prognos.api.scheduler.v1.WorkOrder\"k\n\x12WorkOrderScheduled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12,\n\x04slot\x18\x03 \x01(\x0b\x32\x1e.prognos.api.scheduler.v1.Slot\"K\n\x11WorkOrderReleased\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\r\n\x05plant\x18\x03 \x01(\t\"Z\n\x15WorkOrderAcknowledged\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x18\n\x10\x65rp_order_number\x18\x03 \x01(\t\"k\n\x10WorkOrderStarted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x12WorkOrderCompleted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0b\x32,.prognos.api.scheduler.v1.MaintenanceOutcome\"M\n\x12WorkOrderCancelled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xe8\x01\n\x1aMaintenanceOutcomeRecorded\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_found\x18\x05 \x01(\x08\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12\x36\n\x05\x63\x61use\x18\x07 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/scheduler/v1/events.proto\x12\x18prognos.api.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/scheduler/v1/scheduler.proto\"L\n\x11WorkOrderProposed\x12\x37\n\nwork_order\x18\x01 \x01(\x0b\x32#.prognos.api.scheduler.v1.WorkOrder\"k\n\x12WorkOrderScheduled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12,\n\x04slot\x18\x03 \x01(\x0b\x32\x1e.prognos.api.scheduler.v1.Slot\"\xb3\x01\n\x14WorkOrderRiskUpdated\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0c\n\x04risk\x18\x03 \x01(\x01\x12,\n\x08\x64ue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x05\x63\x61use\x18\x05 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef\"r\n\x11WorkOrderUnplaced\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x34\n\x08unplaced\x18\x03 \x01(\x0b\x32\".prognos.api.scheduler.v1.Unplaced\"K\n\x11WorkOrderReleased\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\r\n\x05plant\x18\x03 \x01(\t\"Z\n\x15WorkOrderAcknowledged\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x18\n\x10\x65rp_order_number\x18\x03 \x01(\t\"k\n\x10WorkOrderStarted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x12WorkOrderCompleted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0b\x32,.prognos.api.scheduler.v1.MaintenanceOutcome\"M\n\x12WorkOrderCancelled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf7\x01\n\x1aMaintenanceOutcomeRecorded\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_found\x18\x05 \x01(\x08\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12\x36\n\x05\x63\x61use\x18\x07 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef\x12\r\n\x05plant\x18\x08 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKORDERPROPOSED']._serialized_end=218
   _globals['_WORKORDERSCHEDULED']._serialized_start=220
   _globals['_WORKORDERSCHEDULED']._serialized_end=327
-  _globals['_WORKORDERRELEASED']._serialized_start=329
-  _globals['_WORKORDERRELEASED']._serialized_end=404
-  _globals['_WORKORDERACKNOWLEDGED']._serialized_start=406
-  _globals['_WORKORDERACKNOWLEDGED']._serialized_end=496
-  _globals['_WORKORDERSTARTED']._serialized_start=498
-  _globals['_WORKORDERSTARTED']._serialized_end=605
-  _globals['_WORKORDERCOMPLETED']._serialized_start=607
-  _globals['_WORKORDERCOMPLETED']._serialized_end=731
-  _globals['_WORKORDERCANCELLED']._serialized_start=733
-  _globals['_WORKORDERCANCELLED']._serialized_end=810
-  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_start=813
-  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_end=1045
+  _globals['_WORKORDERRISKUPDATED']._serialized_start=330
+  _globals['_WORKORDERRISKUPDATED']._serialized_end=509
+  _globals['_WORKORDERUNPLACED']._serialized_start=511
+  _globals['_WORKORDERUNPLACED']._serialized_end=625
+  _globals['_WORKORDERRELEASED']._serialized_start=627
+  _globals['_WORKORDERRELEASED']._serialized_end=702
+  _globals['_WORKORDERACKNOWLEDGED']._serialized_start=704
+  _globals['_WORKORDERACKNOWLEDGED']._serialized_end=794
+  _globals['_WORKORDERSTARTED']._serialized_start=796
+  _globals['_WORKORDERSTARTED']._serialized_end=903
+  _globals['_WORKORDERCOMPLETED']._serialized_start=905
+  _globals['_WORKORDERCOMPLETED']._serialized_end=1029
+  _globals['_WORKORDERCANCELLED']._serialized_start=1031
+  _globals['_WORKORDERCANCELLED']._serialized_end=1108
+  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_start=1111
+  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_end=1358
 # @@protoc_insertion_point(module_scope)

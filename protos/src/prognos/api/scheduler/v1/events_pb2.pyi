@@ -21,7 +21,18 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class WorkOrderProposed(_message.Message):
     """Integration events published by the scheduler on the SCHEDULER JetStream stream, each
-    as the payload of a prognos.api.common.v1.Envelope whose stream is the work order's.
+    as the payload of a prognos.api.common.v1.Envelope whose stream is the work order's
+    ("work_order-<id>") and whose version is the change's version in it. Subjects:
+      scheduler.work_order.proposed       WorkOrderProposed
+      scheduler.work_order.risk_updated   WorkOrderRiskUpdated
+      scheduler.work_order.scheduled      WorkOrderScheduled
+      scheduler.work_order.unplaced       WorkOrderUnplaced
+      scheduler.work_order.released       WorkOrderReleased
+      scheduler.work_order.acknowledged   WorkOrderAcknowledged
+      scheduler.work_order.started        WorkOrderStarted
+      scheduler.work_order.completed      WorkOrderCompleted
+      scheduler.work_order.cancelled      WorkOrderCancelled
+      scheduler.outcome.recorded          MaintenanceOutcomeRecorded
 
     WorkOrderProposed: a prediction crossed the risk threshold and a work order was created.
     """
@@ -77,6 +88,84 @@ class WorkOrderScheduled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkOrderScheduled: _TypeAlias = WorkOrderScheduled  # noqa: Y015
+
+@_typing.final
+class WorkOrderRiskUpdated(_message.Message):
+    """WorkOrderRiskUpdated: a later prediction for the asset and failure mode changed the open
+    work order's risk or due time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Identifier of the work order."""
+    asset_id: _builtins.str
+    """The asset."""
+    risk: _builtins.float
+    """The new failure probability (0 to 1)."""
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp:
+        """The new latest time the job should be done."""
+
+    @_builtins.property
+    def cause(self) -> _scheduler_pb2.PredictionRef:
+        """The prediction that changed it."""
+
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        asset_id: _builtins.str = ...,
+        risk: _builtins.float = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        cause: _scheduler_pb2.PredictionRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "due_time", b"due_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "cause", b"cause", "due_time", b"due_time", "risk", b"risk", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkOrderRiskUpdated: _TypeAlias = WorkOrderRiskUpdated  # noqa: Y015
+
+@_typing.final
+class WorkOrderUnplaced(_message.Message):
+    """WorkOrderUnplaced: the scheduler could not place a work order before its predicted
+    failure (or lost its slot, which took it back to PROPOSED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """Identifier of the work order."""
+    asset_id: _builtins.str
+    """The asset."""
+    @_builtins.property
+    def unplaced(self) -> _scheduler_pb2.Unplaced:
+        """Why."""
+
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        asset_id: _builtins.str = ...,
+        unplaced: _scheduler_pb2.Unplaced | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["unplaced", b"unplaced"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "unplaced", b"unplaced", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkOrderUnplaced: _TypeAlias = WorkOrderUnplaced  # noqa: Y015
 
 @_typing.final
 class WorkOrderReleased(_message.Message):
@@ -234,8 +323,15 @@ Global___WorkOrderCancelled: _TypeAlias = WorkOrderCancelled  # noqa: Y015
 
 @_typing.final
 class MaintenanceOutcomeRecorded(_message.Message):
-    """MaintenanceOutcomeRecorded: the outcome of a maintenance job is known; the registry
-    uses it as a label (failure confirmed or not) for retraining.
+    """MaintenanceOutcomeRecorded: the outcome of a maintenance job is known, published on
+    subject scheduler.outcome.recorded when a work order is completed. It is a training
+    label: at `time` the asset `asset_id` (of type `asset_type`) was inspected, and a
+    failure of mode `failure_mode` was confirmed (`failure_found` true: the asset had
+    failed or was about to, a positive example for the window before `time`) or ruled out
+    (`failure_found` false: no failure was developing, a negative example; it also tells
+    how the prediction in `cause` fared). The ingest service archives it with the
+    telemetry for retraining; the envelope's id identifies the label, so a redelivered
+    event is stored once.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -247,6 +343,7 @@ class MaintenanceOutcomeRecorded(_message.Message):
     FAILURE_FOUND_FIELD_NUMBER: _builtins.int
     FAILURE_MODE_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
+    PLANT_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """The work order."""
     asset_id: _builtins.str
@@ -254,16 +351,18 @@ class MaintenanceOutcomeRecorded(_message.Message):
     asset_type: _builtins.str
     """The asset's type."""
     failure_found: _builtins.bool
-    """True when a failure or incipient failure was found."""
+    """True when a failure or incipient failure was found (the label is positive)."""
     failure_mode: _builtins.str
-    """Failure mode when found; empty otherwise."""
+    """Failure mode when found, e.g. "bearing_wear"; empty otherwise."""
+    plant: _builtins.str
+    """The plant of the asset."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When the asset was inspected (the completion time)."""
+        """When the asset was inspected: the outcome's completion time."""
 
     @_builtins.property
     def cause(self) -> _scheduler_pb2.PredictionRef:
-        """The prediction that led to the work order."""
+        """The prediction that led to the work order (its latest update)."""
 
     def __init__(
         self,
@@ -275,10 +374,11 @@ class MaintenanceOutcomeRecorded(_message.Message):
         failure_found: _builtins.bool = ...,
         failure_mode: _builtins.str = ...,
         cause: _scheduler_pb2.PredictionRef | None = ...,
+        plant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "cause", b"cause", "failure_found", b"failure_found", "failure_mode", b"failure_mode", "time", b"time", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "cause", b"cause", "failure_found", b"failure_found", "failure_mode", b"failure_mode", "plant", b"plant", "time", b"time", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

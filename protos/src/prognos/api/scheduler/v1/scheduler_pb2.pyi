@@ -36,7 +36,7 @@ class _WorkOrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkOr
     WORK_ORDER_STATE_SCHEDULED: _WorkOrderState.ValueType  # 2
     """Given a slot (maintenance window and crew) before its due time."""
     WORK_ORDER_STATE_RELEASED: _WorkOrderState.ValueType  # 3
-    """Handed to the ERP; waiting for its acknowledgement."""
+    """Handed to the ERP; waiting for its acknowledgement. The slot no longer moves."""
     WORK_ORDER_STATE_ACKNOWLEDGED: _WorkOrderState.ValueType  # 4
     """Taken over by the ERP under its own order number."""
     WORK_ORDER_STATE_IN_PROGRESS: _WorkOrderState.ValueType  # 5
@@ -59,7 +59,7 @@ WORK_ORDER_STATE_PROPOSED: WorkOrderState.ValueType  # 1
 WORK_ORDER_STATE_SCHEDULED: WorkOrderState.ValueType  # 2
 """Given a slot (maintenance window and crew) before its due time."""
 WORK_ORDER_STATE_RELEASED: WorkOrderState.ValueType  # 3
-"""Handed to the ERP; waiting for its acknowledgement."""
+"""Handed to the ERP; waiting for its acknowledgement. The slot no longer moves."""
 WORK_ORDER_STATE_ACKNOWLEDGED: WorkOrderState.ValueType  # 4
 """Taken over by the ERP under its own order number."""
 WORK_ORDER_STATE_IN_PROGRESS: WorkOrderState.ValueType  # 5
@@ -69,6 +69,98 @@ WORK_ORDER_STATE_COMPLETED: WorkOrderState.ValueType  # 6
 WORK_ORDER_STATE_CANCELLED: WorkOrderState.ValueType  # 7
 """Withdrawn; see `cancel_reason`."""
 Global___WorkOrderState: _TypeAlias = WorkOrderState  # noqa: Y015
+
+class _UnplacedReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnplacedReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnplacedReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNPLACED_REASON_UNSPECIFIED: _UnplacedReason.ValueType  # 0
+    """Not used."""
+    UNPLACED_REASON_NO_MASTER_DATA: _UnplacedReason.ValueType  # 1
+    """The ERP sent no master data (ErpAsset) for the asset, so its skill and service
+    duration are unknown.
+    """
+    UNPLACED_REASON_NO_WINDOW_FOR_PLANT: _UnplacedReason.ValueType  # 2
+    """The plant has no maintenance window ahead."""
+    UNPLACED_REASON_NO_WINDOW_FOR_SKILL: _UnplacedReason.ValueType  # 3
+    """No window ahead has a crew of the skill the asset needs."""
+    UNPLACED_REASON_DURATION_EXCEEDS_WINDOWS: _UnplacedReason.ValueType  # 4
+    """The service duration is longer than every window, or than every window's free crew
+    time for the skill.
+    """
+    UNPLACED_REASON_NO_WINDOW_AFTER_EARLIEST_START: _UnplacedReason.ValueType  # 5
+    """No fitting window starts from now on."""
+    UNPLACED_REASON_NO_WINDOW_BEFORE_FAILURE: _UnplacedReason.ValueType  # 6
+    """No fitting window lets the work finish before the predicted failure: urgent work
+    outside the calendar is needed.
+    """
+    UNPLACED_REASON_NO_CAPACITY_BEFORE_FAILURE: _UnplacedReason.ValueType  # 7
+    """Windows before the predicted failure exist, but their crews are fully booked with
+    work whose placement avoids more expected failure cost.
+    """
+    UNPLACED_REASON_NOT_WORTH_SCHEDULING: _UnplacedReason.ValueType  # 8
+    """Servicing the asset costs more than the failure it is expected to prevent."""
+
+class UnplacedReason(_UnplacedReason, metaclass=_UnplacedReasonEnumTypeWrapper):
+    """UnplacedReason says why a work order has no slot, most basic cause first."""
+
+UNPLACED_REASON_UNSPECIFIED: UnplacedReason.ValueType  # 0
+"""Not used."""
+UNPLACED_REASON_NO_MASTER_DATA: UnplacedReason.ValueType  # 1
+"""The ERP sent no master data (ErpAsset) for the asset, so its skill and service
+duration are unknown.
+"""
+UNPLACED_REASON_NO_WINDOW_FOR_PLANT: UnplacedReason.ValueType  # 2
+"""The plant has no maintenance window ahead."""
+UNPLACED_REASON_NO_WINDOW_FOR_SKILL: UnplacedReason.ValueType  # 3
+"""No window ahead has a crew of the skill the asset needs."""
+UNPLACED_REASON_DURATION_EXCEEDS_WINDOWS: UnplacedReason.ValueType  # 4
+"""The service duration is longer than every window, or than every window's free crew
+time for the skill.
+"""
+UNPLACED_REASON_NO_WINDOW_AFTER_EARLIEST_START: UnplacedReason.ValueType  # 5
+"""No fitting window starts from now on."""
+UNPLACED_REASON_NO_WINDOW_BEFORE_FAILURE: UnplacedReason.ValueType  # 6
+"""No fitting window lets the work finish before the predicted failure: urgent work
+outside the calendar is needed.
+"""
+UNPLACED_REASON_NO_CAPACITY_BEFORE_FAILURE: UnplacedReason.ValueType  # 7
+"""Windows before the predicted failure exist, but their crews are fully booked with
+work whose placement avoids more expected failure cost.
+"""
+UNPLACED_REASON_NOT_WORTH_SCHEDULING: UnplacedReason.ValueType  # 8
+"""Servicing the asset costs more than the failure it is expected to prevent."""
+Global___UnplacedReason: _TypeAlias = UnplacedReason  # noqa: Y015
+
+class _PolicyDecisionKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyDecisionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyDecisionKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_DECISION_KIND_UNSPECIFIED: _PolicyDecisionKind.ValueType  # 0
+    """Not used."""
+    POLICY_DECISION_KIND_OPEN: _PolicyDecisionKind.ValueType  # 1
+    """It opened a work order."""
+    POLICY_DECISION_KIND_UPDATE: _PolicyDecisionKind.ValueType  # 2
+    """It updated the risk and due time of the open work order."""
+    POLICY_DECISION_KIND_NONE: _PolicyDecisionKind.ValueType  # 3
+    """It opened nothing; see `reason`."""
+
+class PolicyDecisionKind(_PolicyDecisionKind, metaclass=_PolicyDecisionKindEnumTypeWrapper):
+    """PolicyDecisionKind is what a prediction did to work orders."""
+
+POLICY_DECISION_KIND_UNSPECIFIED: PolicyDecisionKind.ValueType  # 0
+"""Not used."""
+POLICY_DECISION_KIND_OPEN: PolicyDecisionKind.ValueType  # 1
+"""It opened a work order."""
+POLICY_DECISION_KIND_UPDATE: PolicyDecisionKind.ValueType  # 2
+"""It updated the risk and due time of the open work order."""
+POLICY_DECISION_KIND_NONE: PolicyDecisionKind.ValueType  # 3
+"""It opened nothing; see `reason`."""
+Global___PolicyDecisionKind: _TypeAlias = PolicyDecisionKind  # noqa: Y015
 
 @_typing.final
 class ErpAsset(_message.Message):
@@ -83,6 +175,8 @@ class ErpAsset(_message.Message):
     REQUIRED_SKILL_FIELD_NUMBER: _builtins.int
     SERVICE_DURATION_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CRITICALITY_FIELD_NUMBER: _builtins.int
+    DOWNTIME_COST_PER_HOUR_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """Prognos asset id (the one telemetry is sent for)."""
     erp_id: _builtins.str
@@ -95,9 +189,19 @@ class ErpAsset(_message.Message):
     """Crew skill its maintenance needs, e.g. "mechanical"."""
     description: _builtins.str
     """Free text, e.g. the asset's location or name in the plant."""
+    criticality: _builtins.float
+    """How much a failure of this asset matters compared with an ordinary one: a factor on
+    the expected cost of its failure when the scheduler weighs work orders against each
+    other. 0 (unset) means 1.0, ordinary; 2.0 counts a failure twice as costly.
+    """
+    downtime_cost_per_hour: _builtins.float
+    """Cost of one hour of the asset's unplanned downtime, in the plant's currency (the same
+    currency for every asset of a plant). 0 means unknown: the scheduler then ranks the
+    asset's work by risk and criticality alone, as if an hour cost 1.
+    """
     @_builtins.property
     def service_duration(self) -> _duration_pb2.Duration:
-        """How long a maintenance job on the asset takes."""
+        """How long a maintenance job on the asset takes; must be positive."""
 
     def __init__(
         self,
@@ -109,10 +213,12 @@ class ErpAsset(_message.Message):
         required_skill: _builtins.str = ...,
         service_duration: _duration_pb2.Duration | None = ...,
         description: _builtins.str = ...,
+        criticality: _builtins.float = ...,
+        downtime_cost_per_hour: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service_duration", b"service_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "description", b"description", "erp_id", b"erp_id", "plant", b"plant", "required_skill", b"required_skill", "service_duration", b"service_duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "criticality", b"criticality", "description", b"description", "downtime_cost_per_hour", b"downtime_cost_per_hour", "erp_id", b"erp_id", "plant", b"plant", "required_skill", b"required_skill", "service_duration", b"service_duration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,7 +275,7 @@ class Crew(_message.Message):
     skill: _builtins.str
     """Skill of the crew, matching ErpAsset.required_skill."""
     capacity: _builtins.int
-    """Number of jobs the crew can do at the same time."""
+    """Number of jobs the crew can do at the same time; 0 takes the crew off the plan."""
     def __init__(
         self,
         *,
@@ -195,15 +301,20 @@ class Slot(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     CREW_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
     crew_id: _builtins.str
     """Crew assigned."""
+    window_id: _builtins.str
+    """The maintenance window the slot lies in: the plant and the window's start, e.g.
+    "plant-1/2026-03-07T06:00:00Z".
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Planned start."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Planned end."""
+        """Planned end (start plus the asset's service duration)."""
 
     def __init__(
         self,
@@ -211,10 +322,11 @@ class Slot(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         crew_id: _builtins.str = ...,
+        window_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crew_id", b"crew_id", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crew_id", b"crew_id", "end_time", b"end_time", "start_time", b"start_time", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,6 +343,9 @@ class PredictionRef(_message.Message):
     FAILURE_PROBABILITY_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     INPUT_DIGEST_FIELD_NUMBER: _builtins.int
+    TOP_SENSORS_FIELD_NUMBER: _builtins.int
+    REMAINING_USEFUL_LIFE_FIELD_NUMBER: _builtins.int
+    REMAINING_USEFUL_LIFE_UNIT_FIELD_NUMBER: _builtins.int
     prediction_id: _builtins.str
     """Identifier of the prediction (prognos.api.inference.v1.Prediction.prediction_id)."""
     model_version: _builtins.str
@@ -239,9 +354,19 @@ class PredictionRef(_message.Message):
     """Failure probability it gave."""
     input_digest: _builtins.str
     """Digest of the model input, for the audit trail."""
+    remaining_useful_life: _builtins.float
+    """Estimated remaining useful life in `remaining_useful_life_unit`; unset when the model
+    gave none.
+    """
+    remaining_useful_life_unit: _builtins.str
+    """Unit of `remaining_useful_life`: "hours" or "cycles"."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Time the prediction refers to."""
+
+    @_builtins.property
+    def top_sensors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sensor channels that contributed most to the prediction, most important first."""
 
     def __init__(
         self,
@@ -251,12 +376,17 @@ class PredictionRef(_message.Message):
         failure_probability: _builtins.float = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         input_digest: _builtins.str = ...,
+        top_sensors: _abc.Iterable[_builtins.str] | None = ...,
+        remaining_useful_life: _builtins.float | None = ...,
+        remaining_useful_life_unit: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life", "remaining_useful_life", b"remaining_useful_life", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_probability", b"failure_probability", "input_digest", b"input_digest", "model_version", b"model_version", "prediction_id", b"prediction_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life", "failure_probability", b"failure_probability", "input_digest", b"input_digest", "model_version", b"model_version", "prediction_id", b"prediction_id", "remaining_useful_life", b"remaining_useful_life", "remaining_useful_life_unit", b"remaining_useful_life_unit", "time", b"time", "top_sensors", b"top_sensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__remaining_useful_life: _TypeAlias = _typing.Literal["remaining_useful_life"]  # noqa: Y015
+    _WhichOneofArgType__remaining_useful_life: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_useful_life) -> _WhichOneofReturnType__remaining_useful_life | None: ...
 
 Global___PredictionRef: _TypeAlias = PredictionRef  # noqa: Y015
 
@@ -350,6 +480,9 @@ class WorkOrder(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     asset_id: _builtins.str
@@ -363,13 +496,17 @@ class WorkOrder(_message.Message):
     state: Global___WorkOrderState.ValueType
     """Current state."""
     risk: _builtins.float
-    """Failure probability that justifies the job (0 to 1)."""
+    """Failure probability that justifies the job (0 to 1), from the latest prediction."""
     erp_order_number: _builtins.str
     """The ERP's order number; set once ACKNOWLEDGED."""
     cancel_reason: _builtins.str
     """Why it was cancelled; set once CANCELLED."""
     version: _builtins.int
     """Version of its event stream (number of changes so far)."""
+    failure_mode: _builtins.str
+    """The failure mode the work order is for ("any" when the model names none). There is at
+    most one open work order per asset and failure mode.
+    """
     @_builtins.property
     def slot(self) -> Global___Slot:
         """When and by whom; unset while PROPOSED."""
@@ -396,6 +533,16 @@ class WorkOrder(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
 
+    @_builtins.property
+    def unplaced(self) -> Global___Unplaced:
+        """Why the scheduler could not place the work order before its predicted failure; set
+        while it is PROPOSED without a slot, cleared when it is scheduled.
+        """
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When work began; set once IN_PROGRESS."""
+
     def __init__(
         self,
         *,
@@ -415,14 +562,49 @@ class WorkOrder(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        failure_mode: _builtins.str = ...,
+        unplaced: Global___Unplaced | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "due_time", b"due_time", "outcome", b"outcome", "slot", b"slot", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "due_time", b"due_time", "outcome", b"outcome", "slot", b"slot", "started_at", b"started_at", "unplaced", b"unplaced", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "cancel_reason", b"cancel_reason", "cause", b"cause", "created_at", b"created_at", "due_time", b"due_time", "erp_id", b"erp_id", "erp_order_number", b"erp_order_number", "id", b"id", "outcome", b"outcome", "plant", b"plant", "risk", b"risk", "slot", b"slot", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "cancel_reason", b"cancel_reason", "cause", b"cause", "created_at", b"created_at", "due_time", b"due_time", "erp_id", b"erp_id", "erp_order_number", b"erp_order_number", "failure_mode", b"failure_mode", "id", b"id", "outcome", b"outcome", "plant", b"plant", "risk", b"risk", "slot", b"slot", "started_at", b"started_at", "state", b"state", "unplaced", b"unplaced", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkOrder: _TypeAlias = WorkOrder  # noqa: Y015
+
+@_typing.final
+class Unplaced(_message.Message):
+    """Unplaced is why a work order could not be placed in a maintenance window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    reason: Global___UnplacedReason.ValueType
+    """The reason, for programs."""
+    detail: _builtins.str
+    """The reason in words, naming the windows or times involved."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the scheduler found it."""
+
+    def __init__(
+        self,
+        *,
+        reason: Global___UnplacedReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Unplaced: _TypeAlias = Unplaced  # noqa: Y015
 
 @_typing.final
 class UpsertAssetsRequest(_message.Message):
@@ -499,7 +681,10 @@ class UpsertCalendarRequest(_message.Message):
 
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaintenanceWindow]:
-        """The plant's windows in that range; windows already stored in the range are dropped."""
+        """The plant's windows in that range; windows already stored in the range are dropped.
+        Each window must start within the range, end after it starts, and overlap no other
+        window of the plant.
+        """
 
     def __init__(
         self,
@@ -989,3 +1174,435 @@ class CancelWorkOrderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelWorkOrderResponse: _TypeAlias = CancelWorkOrderResponse  # noqa: Y015
+
+@_typing.final
+class WorkOrderPolicy(_message.Message):
+    """WorkOrderPolicy says when predictions for one asset type open a work order. A
+    prediction triggers when its failure probability is at least `open_probability`, or
+    when its remaining useful life is at most `open_remaining_useful_life`. After a work
+    order was opened, the asset (per failure mode) is re-armed only by a prediction that is
+    clear: probability below `close_probability` and remaining useful life above
+    `close_remaining_useful_life` (hysteresis), so a score flapping around the threshold
+    opens one work order, not many; and no second work order opens within `min_interval`
+    of the last. While a work order is open, later predictions update its risk and due
+    time instead of opening another. The default policy: open at 0.8, clear below 0.5, no
+    remaining-useful-life rule, minimum interval 24 h, horizon 48 h.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    CLOSE_PROBABILITY_FIELD_NUMBER: _builtins.int
+    OPEN_REMAINING_USEFUL_LIFE_FIELD_NUMBER: _builtins.int
+    CLOSE_REMAINING_USEFUL_LIFE_FIELD_NUMBER: _builtins.int
+    MIN_INTERVAL_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    HOURS_PER_CYCLE_FIELD_NUMBER: _builtins.int
+    open_probability: _builtins.float
+    """Failure probability (0 < p <= 1) at or above which a prediction opens a work order."""
+    close_probability: _builtins.float
+    """Failure probability (0 <= p <= open_probability) below which a prediction is clear."""
+    open_remaining_useful_life: _builtins.float
+    """Remaining useful life (in the asset type's unit, hours or cycles) at or below which a
+    prediction opens a work order; unset for no such rule. Set both or neither of the two
+    remaining useful life fields.
+    """
+    close_remaining_useful_life: _builtins.float
+    """Remaining useful life above which a prediction is clear (at least
+    open_remaining_useful_life).
+    """
+    hours_per_cycle: _builtins.float
+    """Operating hours of one cycle, to turn a remaining useful life in cycles into a due
+    time; 0 means 1 (remaining useful life in hours).
+    """
+    @_builtins.property
+    def min_interval(self) -> _duration_pb2.Duration:
+        """Shortest time between two work orders opened for the same asset and failure mode."""
+
+    @_builtins.property
+    def horizon(self) -> _duration_pb2.Duration:
+        """When a prediction has no remaining useful life, the failure is expected this long
+        after the prediction's time (the model's horizon). Must be positive.
+        """
+
+    def __init__(
+        self,
+        *,
+        open_probability: _builtins.float = ...,
+        close_probability: _builtins.float = ...,
+        open_remaining_useful_life: _builtins.float | None = ...,
+        close_remaining_useful_life: _builtins.float | None = ...,
+        min_interval: _duration_pb2.Duration | None = ...,
+        horizon: _duration_pb2.Duration | None = ...,
+        hours_per_cycle: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "min_interval", b"min_interval", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_probability", b"close_probability", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "hours_per_cycle", b"hours_per_cycle", "min_interval", b"min_interval", "open_probability", b"open_probability", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__close_remaining_useful_life: _TypeAlias = _typing.Literal["close_remaining_useful_life"]  # noqa: Y015
+    _WhichOneofArgType__close_remaining_useful_life: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life"]  # noqa: Y015
+    _WhichOneofReturnType__open_remaining_useful_life: _TypeAlias = _typing.Literal["open_remaining_useful_life"]  # noqa: Y015
+    _WhichOneofArgType__open_remaining_useful_life: _TypeAlias = _typing.Literal["_open_remaining_useful_life", b"_open_remaining_useful_life"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__close_remaining_useful_life) -> _WhichOneofReturnType__close_remaining_useful_life | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_remaining_useful_life) -> _WhichOneofReturnType__open_remaining_useful_life | None: ...
+
+Global___WorkOrderPolicy: _TypeAlias = WorkOrderPolicy  # noqa: Y015
+
+@_typing.final
+class SetWorkOrderPolicyRequest(_message.Message):
+    """SetWorkOrderPolicyRequest sets the policy of one asset type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Client-chosen key that makes a retry harmless."""
+    asset_type: _builtins.str
+    """The asset type (as in ErpAsset.asset_type and the predictions)."""
+    @_builtins.property
+    def policy(self) -> Global___WorkOrderPolicy:
+        """The policy; INVALID_ARGUMENT naming the field when its thresholds are inconsistent."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        asset_type: _builtins.str = ...,
+        policy: Global___WorkOrderPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "idempotency_key", b"idempotency_key", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWorkOrderPolicyRequest: _TypeAlias = SetWorkOrderPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetWorkOrderPolicyResponse(_message.Message):
+    """SetWorkOrderPolicyResponse returns the policy now in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type."""
+    @_builtins.property
+    def policy(self) -> Global___WorkOrderPolicy:
+        """The policy, with defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        policy: Global___WorkOrderPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetWorkOrderPolicyResponse: _TypeAlias = SetWorkOrderPolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetWorkOrderPolicyRequest(_message.Message):
+    """GetWorkOrderPolicyRequest names the asset type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type."""
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkOrderPolicyRequest: _TypeAlias = GetWorkOrderPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetWorkOrderPolicyResponse(_message.Message):
+    """GetWorkOrderPolicyResponse returns the policy in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type."""
+    is_default: _builtins.bool
+    """True when no policy was set for the asset type and the default one applies."""
+    @_builtins.property
+    def policy(self) -> Global___WorkOrderPolicy:
+        """The policy."""
+
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        policy: Global___WorkOrderPolicy | None = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "is_default", b"is_default", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkOrderPolicyResponse: _TypeAlias = GetWorkOrderPolicyResponse  # noqa: Y015
+
+@_typing.final
+class PolicyDecision(_message.Message):
+    """PolicyDecision is the policy's answer to one prediction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    PREDICTION_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """Identifier of the prediction."""
+    asset_id: _builtins.str
+    """The asset."""
+    failure_mode: _builtins.str
+    """The failure mode."""
+    kind: Global___PolicyDecisionKind.ValueType
+    """What it did."""
+    reason: _builtins.str
+    """Why, for programs: for OPEN the trigger (PROBABILITY_ABOVE_OPEN, RUL_BELOW_OPEN); for
+    UPDATE, ALREADY_OPEN; for NONE, BELOW_THRESHOLD, HYSTERESIS (not clear since the last
+    work order opened), MIN_INTERVAL, OUT_OF_ORDER (older than a prediction already
+    decided) or SHADOW (a challenger model's prediction, never acted on).
+    """
+    detail: _builtins.str
+    """The reason in words."""
+    risk: _builtins.float
+    """The prediction's failure probability."""
+    work_order_id: _builtins.str
+    """The work order opened or updated; empty for NONE."""
+    model_version: _builtins.str
+    """The model version that made the prediction."""
+    @_builtins.property
+    def prediction_time(self) -> _timestamp_pb2.Timestamp:
+        """Time the prediction refers to."""
+
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was made."""
+
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        asset_id: _builtins.str = ...,
+        failure_mode: _builtins.str = ...,
+        prediction_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___PolicyDecisionKind.ValueType = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        risk: _builtins.float = ...,
+        work_order_id: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "prediction_time", b"prediction_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "decided_at", b"decided_at", "detail", b"detail", "failure_mode", b"failure_mode", "kind", b"kind", "model_version", b"model_version", "prediction_id", b"prediction_id", "prediction_time", b"prediction_time", "reason", b"reason", "risk", b"risk", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyDecision: _TypeAlias = PolicyDecision  # noqa: Y015
+
+@_typing.final
+class ListPolicyDecisionsRequest(_message.Message):
+    """ListPolicyDecisionsRequest selects the decisions of one asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    """The asset."""
+    page_size: _builtins.int
+    """Maximum number of decisions to return; 0 means the server default (100)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyDecisionsRequest: _TypeAlias = ListPolicyDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPolicyDecisionsResponse(_message.Message):
+    """ListPolicyDecisionsResponse is one page of decisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyDecision]:
+        """The decisions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___PolicyDecision] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyDecisionsResponse: _TypeAlias = ListPolicyDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class WebhookEndpoint(_message.Message):
+    """WebhookEndpoint is an ERP endpoint that receives work order changes by HTTP POST.
+
+    Each change is one POST to `url` with a JSON body: the WatchWorkOrdersResponse of the
+    change in the protobuf JSON mapping (lowerCamelCase field names). Headers:
+      Idempotency-Key: unique id of the change; a retried delivery carries the same one, so
+        the receiver applies each key once.
+      Prognos-Signature: "t=<unix seconds>,v1=<hex>" where <hex> is the HMAC-SHA256, keyed
+        with the endpoint's shared secret, of "<unix seconds>." followed by the raw body.
+        Reject a request whose signature does not match or whose time is far off.
+      Prognos-Event-Type: the event_type of the body; Prognos-Position: its position.
+    Any 2xx status means delivered. Anything else, a timeout or a refused connection is
+    retried with growing delays (up to `webhook_max_backoff_s`, 5 minutes by default) for
+    as long as it takes: deliveries wait in a durable outbox, survive restarts, and reach
+    each endpoint in position order (a change is sent only after the one before it was
+    delivered).
+
+    The shared secret is never sent through this API: the plant's operator places it in
+    the scheduler's webhook secrets directory as a file named after `endpoint_id`
+    (`<data dir>/secrets/webhooks/<endpoint_id>` by default). Deliveries wait while it is
+    missing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    PLANTS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    endpoint_id: _builtins.str
+    """Identifier chosen by the ERP; letters, digits, "-", "_" and "." only."""
+    url: _builtins.str
+    """The http or https URL to POST to."""
+    enabled: _builtins.bool
+    """Whether changes are sent to it."""
+    @_builtins.property
+    def plants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The plants whose work orders the endpoint receives; empty for every plant."""
+
+    def __init__(
+        self,
+        *,
+        endpoint_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        plants: _abc.Iterable[_builtins.str] | None = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "endpoint_id", b"endpoint_id", "plants", b"plants", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookEndpoint: _TypeAlias = WebhookEndpoint  # noqa: Y015
+
+@_typing.final
+class UpsertWebhookEndpointRequest(_message.Message):
+    """UpsertWebhookEndpointRequest creates or replaces an endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Client-chosen key that makes a retry harmless."""
+    @_builtins.property
+    def endpoint(self) -> Global___WebhookEndpoint:
+        """The endpoint, replaced as a whole by `endpoint_id`."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        endpoint: Global___WebhookEndpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertWebhookEndpointRequest: _TypeAlias = UpsertWebhookEndpointRequest  # noqa: Y015
+
+@_typing.final
+class UpsertWebhookEndpointResponse(_message.Message):
+    """UpsertWebhookEndpointResponse returns the endpoint as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    SECRET_CONFIGURED_FIELD_NUMBER: _builtins.int
+    secret_configured: _builtins.bool
+    """True when the scheduler found the endpoint's shared secret file; deliveries wait
+    until it is there.
+    """
+    @_builtins.property
+    def endpoint(self) -> Global___WebhookEndpoint:
+        """The endpoint."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: Global___WebhookEndpoint | None = ...,
+        secret_configured: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "secret_configured", b"secret_configured"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertWebhookEndpointResponse: _TypeAlias = UpsertWebhookEndpointResponse  # noqa: Y015

@@ -31,11 +31,27 @@ class MaintenanceSchedulerStub:
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     def __init__(self, channel):
@@ -94,6 +110,26 @@ class MaintenanceSchedulerStub:
                 request_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderResponse.FromString,
                 _registered_method=True)
+        self.SetWorkOrderPolicy = channel.unary_unary(
+                '/prognos.api.scheduler.v1.MaintenanceScheduler/SetWorkOrderPolicy',
+                request_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetWorkOrderPolicy = channel.unary_unary(
+                '/prognos.api.scheduler.v1.MaintenanceScheduler/GetWorkOrderPolicy',
+                request_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListPolicyDecisions = channel.unary_unary(
+                '/prognos.api.scheduler.v1.MaintenanceScheduler/ListPolicyDecisions',
+                request_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsResponse.FromString,
+                _registered_method=True)
+        self.UpsertWebhookEndpoint = channel.unary_unary(
+                '/prognos.api.scheduler.v1.MaintenanceScheduler/UpsertWebhookEndpoint',
+                request_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceSchedulerServicer:
@@ -102,29 +138,49 @@ class MaintenanceSchedulerServicer:
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     def UpsertAssets(self, request, context):
-        """UpsertAssets creates or replaces the ERP master data of assets.
+        """UpsertAssets creates or replaces the ERP master data of assets. Work orders of an
+        asset without master data are opened but not scheduled (UNPLACED_REASON_NO_MASTER_DATA)
+        until it arrives.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpsertCalendar(self, request, context):
-        """UpsertCalendar replaces a plant's maintenance windows within a time range.
+        """UpsertCalendar replaces a plant's maintenance windows within a time range. Work orders
+        not yet released are re-planned into the new windows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpsertCrews(self, request, context):
-        """UpsertCrews creates or replaces crews (capacity per plant and skill).
+        """UpsertCrews creates or replaces crews (capacity per plant and skill). A crew with
+        capacity 0 does no work. Work orders not yet released are re-planned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,8 +202,9 @@ class MaintenanceSchedulerServicer:
 
     def WatchWorkOrders(self, request, context):
         """WatchWorkOrders streams every work order change after `after_position`, in order, then
-        new changes as they happen. Each item carries its position: store the last one you
-        processed and pass it on reconnect to resume without a gap or a repeat.
+        new changes as they happen; the stream does not end by itself. Each item carries its
+        position: store the last one you processed and pass it on reconnect to resume without
+        a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,29 +212,67 @@ class MaintenanceSchedulerServicer:
 
     def AcknowledgeWorkOrder(self, request, context):
         """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
-        its own order number.
+        its own order number. Only a RELEASED work order can be acknowledged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartWorkOrder(self, request, context):
-        """StartWorkOrder records that work on the asset has begun.
+        """StartWorkOrder records that work on the asset has begun. Only an ACKNOWLEDGED work
+        order can be started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteWorkOrder(self, request, context):
-        """CompleteWorkOrder records that the work is done and what was found. The outcome
-        becomes a label for retraining.
+        """CompleteWorkOrder records that the work is done and what was found. Only an
+        IN_PROGRESS work order can be completed. The outcome is published as
+        MaintenanceOutcomeRecorded and becomes a label for retraining.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelWorkOrder(self, request, context):
-        """CancelWorkOrder withdraws a work order that is not completed.
+        """CancelWorkOrder withdraws a work order that is neither completed nor cancelled. The
+        asset's next work order opens only after a clear prediction (see WorkOrderPolicy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWorkOrderPolicy(self, request, context):
+        """SetWorkOrderPolicy sets when predictions for one asset type open a work order. Asset
+        types without a policy use the default one (see WorkOrderPolicy). The new policy
+        applies to the predictions that arrive after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkOrderPolicy(self, request, context):
+        """GetWorkOrderPolicy returns the policy in force for an asset type (the default one when
+        none was set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyDecisions(self, request, context):
+        """ListPolicyDecisions returns what the policy decided for each prediction of an asset,
+        including every prediction that did not open a work order and why, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertWebhookEndpoint(self, request, context):
+        """UpsertWebhookEndpoint creates or replaces an ERP endpoint that receives every work
+        order change of its plants as an HTTP POST (see WebhookEndpoint for the request the
+        endpoint receives). Switch an endpoint off with `enabled: false`; changes made while
+        it is off are not sent to it later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +331,26 @@ def add_MaintenanceSchedulerServicer_to_server(servicer, server):
                     request_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderRequest.FromString,
                     response_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderResponse.SerializeToString,
             ),
+            'SetWorkOrderPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkOrderPolicy,
+                    request_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyResponse.SerializeToString,
+            ),
+            'GetWorkOrderPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkOrderPolicy,
+                    request_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyResponse.SerializeToString,
+            ),
+            'ListPolicyDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyDecisions,
+                    request_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsResponse.SerializeToString,
+            ),
+            'UpsertWebhookEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertWebhookEndpoint,
+                    request_deserializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'prognos.api.scheduler.v1.MaintenanceScheduler', rpc_method_handlers)
@@ -250,11 +365,27 @@ class MaintenanceScheduler:
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     @staticmethod
@@ -517,6 +648,114 @@ class MaintenanceScheduler:
             '/prognos.api.scheduler.v1.MaintenanceScheduler/CancelWorkOrder',
             prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderRequest.SerializeToString,
             prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.CancelWorkOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkOrderPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.scheduler.v1.MaintenanceScheduler/SetWorkOrderPolicy',
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyRequest.SerializeToString,
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.SetWorkOrderPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkOrderPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.scheduler.v1.MaintenanceScheduler/GetWorkOrderPolicy',
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyRequest.SerializeToString,
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.GetWorkOrderPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.scheduler.v1.MaintenanceScheduler/ListPolicyDecisions',
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsRequest.SerializeToString,
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.ListPolicyDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertWebhookEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.scheduler.v1.MaintenanceScheduler/UpsertWebhookEndpoint',
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointRequest.SerializeToString,
+            prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2.UpsertWebhookEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,11 +34,27 @@ class MaintenanceSchedulerStub:
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     @_typing.overload
@@ -46,32 +62,64 @@ class MaintenanceSchedulerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MaintenanceSchedulerAsyncStub: ...
     UpsertAssets: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertAssetsRequest, _scheduler_pb2.UpsertAssetsResponse]
-    """UpsertAssets creates or replaces the ERP master data of assets."""
+    """UpsertAssets creates or replaces the ERP master data of assets. Work orders of an
+    asset without master data are opened but not scheduled (UNPLACED_REASON_NO_MASTER_DATA)
+    until it arrives.
+    """
     UpsertCalendar: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertCalendarRequest, _scheduler_pb2.UpsertCalendarResponse]
-    """UpsertCalendar replaces a plant's maintenance windows within a time range."""
+    """UpsertCalendar replaces a plant's maintenance windows within a time range. Work orders
+    not yet released are re-planned into the new windows.
+    """
     UpsertCrews: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertCrewsRequest, _scheduler_pb2.UpsertCrewsResponse]
-    """UpsertCrews creates or replaces crews (capacity per plant and skill)."""
+    """UpsertCrews creates or replaces crews (capacity per plant and skill). A crew with
+    capacity 0 does no work. Work orders not yet released are re-planned.
+    """
     ListWorkOrders: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListWorkOrdersRequest, _scheduler_pb2.ListWorkOrdersResponse]
     """ListWorkOrders returns work orders, newest first, one page at a time."""
     GetWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetWorkOrderRequest, _scheduler_pb2.GetWorkOrderResponse]
     """GetWorkOrder returns one work order. NOT_FOUND if unknown."""
     WatchWorkOrders: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchWorkOrdersRequest, _scheduler_pb2.WatchWorkOrdersResponse]
     """WatchWorkOrders streams every work order change after `after_position`, in order, then
-    new changes as they happen. Each item carries its position: store the last one you
-    processed and pass it on reconnect to resume without a gap or a repeat.
+    new changes as they happen; the stream does not end by itself. Each item carries its
+    position: store the last one you processed and pass it on reconnect to resume without
+    a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
     """
     AcknowledgeWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AcknowledgeWorkOrderRequest, _scheduler_pb2.AcknowledgeWorkOrderResponse]
     """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
-    its own order number.
+    its own order number. Only a RELEASED work order can be acknowledged.
     """
     StartWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.StartWorkOrderRequest, _scheduler_pb2.StartWorkOrderResponse]
-    """StartWorkOrder records that work on the asset has begun."""
+    """StartWorkOrder records that work on the asset has begun. Only an ACKNOWLEDGED work
+    order can be started.
+    """
     CompleteWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CompleteWorkOrderRequest, _scheduler_pb2.CompleteWorkOrderResponse]
-    """CompleteWorkOrder records that the work is done and what was found. The outcome
-    becomes a label for retraining.
+    """CompleteWorkOrder records that the work is done and what was found. Only an
+    IN_PROGRESS work order can be completed. The outcome is published as
+    MaintenanceOutcomeRecorded and becomes a label for retraining.
     """
     CancelWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelWorkOrderRequest, _scheduler_pb2.CancelWorkOrderResponse]
-    """CancelWorkOrder withdraws a work order that is not completed."""
+    """CancelWorkOrder withdraws a work order that is neither completed nor cancelled. The
+    asset's next work order opens only after a clear prediction (see WorkOrderPolicy).
+    """
+    SetWorkOrderPolicy: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SetWorkOrderPolicyRequest, _scheduler_pb2.SetWorkOrderPolicyResponse]
+    """SetWorkOrderPolicy sets when predictions for one asset type open a work order. Asset
+    types without a policy use the default one (see WorkOrderPolicy). The new policy
+    applies to the predictions that arrive after it.
+    """
+    GetWorkOrderPolicy: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetWorkOrderPolicyRequest, _scheduler_pb2.GetWorkOrderPolicyResponse]
+    """GetWorkOrderPolicy returns the policy in force for an asset type (the default one when
+    none was set).
+    """
+    ListPolicyDecisions: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListPolicyDecisionsRequest, _scheduler_pb2.ListPolicyDecisionsResponse]
+    """ListPolicyDecisions returns what the policy decided for each prediction of an asset,
+    including every prediction that did not open a work order and why, newest first.
+    """
+    UpsertWebhookEndpoint: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertWebhookEndpointRequest, _scheduler_pb2.UpsertWebhookEndpointResponse]
+    """UpsertWebhookEndpoint creates or replaces an ERP endpoint that receives every work
+    order change of its plants as an HTTP POST (see WebhookEndpoint for the request the
+    endpoint receives). Switch an endpoint off with `enabled: false`; changes made while
+    it is off are not sent to it later.
+    """
 
 @_typing.type_check_only
 class MaintenanceSchedulerAsyncStub(MaintenanceSchedulerStub):
@@ -80,41 +128,89 @@ class MaintenanceSchedulerAsyncStub(MaintenanceSchedulerStub):
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UpsertAssets: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertAssetsRequest, _scheduler_pb2.UpsertAssetsResponse]  # type: ignore[assignment]
-    """UpsertAssets creates or replaces the ERP master data of assets."""
+    """UpsertAssets creates or replaces the ERP master data of assets. Work orders of an
+    asset without master data are opened but not scheduled (UNPLACED_REASON_NO_MASTER_DATA)
+    until it arrives.
+    """
     UpsertCalendar: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertCalendarRequest, _scheduler_pb2.UpsertCalendarResponse]  # type: ignore[assignment]
-    """UpsertCalendar replaces a plant's maintenance windows within a time range."""
+    """UpsertCalendar replaces a plant's maintenance windows within a time range. Work orders
+    not yet released are re-planned into the new windows.
+    """
     UpsertCrews: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertCrewsRequest, _scheduler_pb2.UpsertCrewsResponse]  # type: ignore[assignment]
-    """UpsertCrews creates or replaces crews (capacity per plant and skill)."""
+    """UpsertCrews creates or replaces crews (capacity per plant and skill). A crew with
+    capacity 0 does no work. Work orders not yet released are re-planned.
+    """
     ListWorkOrders: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListWorkOrdersRequest, _scheduler_pb2.ListWorkOrdersResponse]  # type: ignore[assignment]
     """ListWorkOrders returns work orders, newest first, one page at a time."""
     GetWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetWorkOrderRequest, _scheduler_pb2.GetWorkOrderResponse]  # type: ignore[assignment]
     """GetWorkOrder returns one work order. NOT_FOUND if unknown."""
     WatchWorkOrders: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchWorkOrdersRequest, _scheduler_pb2.WatchWorkOrdersResponse]  # type: ignore[assignment]
     """WatchWorkOrders streams every work order change after `after_position`, in order, then
-    new changes as they happen. Each item carries its position: store the last one you
-    processed and pass it on reconnect to resume without a gap or a repeat.
+    new changes as they happen; the stream does not end by itself. Each item carries its
+    position: store the last one you processed and pass it on reconnect to resume without
+    a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
     """
     AcknowledgeWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AcknowledgeWorkOrderRequest, _scheduler_pb2.AcknowledgeWorkOrderResponse]  # type: ignore[assignment]
     """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
-    its own order number.
+    its own order number. Only a RELEASED work order can be acknowledged.
     """
     StartWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.StartWorkOrderRequest, _scheduler_pb2.StartWorkOrderResponse]  # type: ignore[assignment]
-    """StartWorkOrder records that work on the asset has begun."""
+    """StartWorkOrder records that work on the asset has begun. Only an ACKNOWLEDGED work
+    order can be started.
+    """
     CompleteWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CompleteWorkOrderRequest, _scheduler_pb2.CompleteWorkOrderResponse]  # type: ignore[assignment]
-    """CompleteWorkOrder records that the work is done and what was found. The outcome
-    becomes a label for retraining.
+    """CompleteWorkOrder records that the work is done and what was found. Only an
+    IN_PROGRESS work order can be completed. The outcome is published as
+    MaintenanceOutcomeRecorded and becomes a label for retraining.
     """
     CancelWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelWorkOrderRequest, _scheduler_pb2.CancelWorkOrderResponse]  # type: ignore[assignment]
-    """CancelWorkOrder withdraws a work order that is not completed."""
+    """CancelWorkOrder withdraws a work order that is neither completed nor cancelled. The
+    asset's next work order opens only after a clear prediction (see WorkOrderPolicy).
+    """
+    SetWorkOrderPolicy: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SetWorkOrderPolicyRequest, _scheduler_pb2.SetWorkOrderPolicyResponse]  # type: ignore[assignment]
+    """SetWorkOrderPolicy sets when predictions for one asset type open a work order. Asset
+    types without a policy use the default one (see WorkOrderPolicy). The new policy
+    applies to the predictions that arrive after it.
+    """
+    GetWorkOrderPolicy: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetWorkOrderPolicyRequest, _scheduler_pb2.GetWorkOrderPolicyResponse]  # type: ignore[assignment]
+    """GetWorkOrderPolicy returns the policy in force for an asset type (the default one when
+    none was set).
+    """
+    ListPolicyDecisions: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListPolicyDecisionsRequest, _scheduler_pb2.ListPolicyDecisionsResponse]  # type: ignore[assignment]
+    """ListPolicyDecisions returns what the policy decided for each prediction of an asset,
+    including every prediction that did not open a work order and why, newest first.
+    """
+    UpsertWebhookEndpoint: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UpsertWebhookEndpointRequest, _scheduler_pb2.UpsertWebhookEndpointResponse]  # type: ignore[assignment]
+    """UpsertWebhookEndpoint creates or replaces an ERP endpoint that receives every work
+    order change of its plants as an HTTP POST (see WebhookEndpoint for the request the
+    endpoint receives). Switch an endpoint off with `enabled: false`; changes made while
+    it is off are not sent to it later.
+    """
 
 class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
     """MaintenanceScheduler is the ERP system's interface to Prognos. The ERP sends its master
@@ -122,11 +218,27 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
     from predictions and releases them; the ERP follows them with WatchWorkOrders and
     reports back (acknowledge, start, complete, cancel).
 
-    Every mutating request carries an `idempotency_key` chosen by the ERP: a request
-    retried with the same key (after a timeout, say) returns the first result and changes
-    nothing again. Reusing a key for a different request is INVALID_ARGUMENT. A work order
-    transition that its state does not allow (completing a cancelled order) is
-    FAILED_PRECONDITION; NOT_FOUND for an unknown work order id.
+    Every mutating request carries an `idempotency_key` chosen by the ERP (a UUID is a good
+    choice; at most 200 characters; required): a request retried with the same key (after
+    a timeout, say) returns the first result and changes nothing again. Keys are scoped to
+    the caller (the token's subject). Reusing a key for a different request is
+    INVALID_ARGUMENT with reason IDEMPOTENCY_KEY_REUSED. A work order transition that its
+    state does not allow (completing a cancelled order) is FAILED_PRECONDITION with reason
+    INVALID_TRANSITION; an unknown work order id is NOT_FOUND. A malformed request is
+    INVALID_ARGUMENT with a google.rpc.BadRequest naming each bad field, e.g.
+    "assets[3].service_duration".
+
+    How a prediction becomes a work order: the inference service's predictions are checked
+    against the asset type's WorkOrderPolicy (see SetWorkOrderPolicy). A prediction that
+    crosses the policy's threshold opens a work order (PROPOSED) for the asset and failure
+    mode, unless one is open already, in which case it updates that order's risk and due
+    time. The scheduler then places open work orders into the plants' maintenance windows,
+    within crew capacity and before the predicted failure (SCHEDULED, with a slot), and
+    releases them to the ERP once their slot starts within the release horizon (RELEASED,
+    one week by default). Until released, a work order may move to another slot when
+    windows, crews or risks change; once released its slot is fixed. A work order that
+    cannot be placed before its predicted failure stays PROPOSED and says why in
+    `WorkOrder.unplaced`.
     """
 
     @_abc_1.abstractmethod
@@ -135,7 +247,10 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.UpsertAssetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.UpsertAssetsResponse, _abc.Awaitable[_scheduler_pb2.UpsertAssetsResponse]]:
-        """UpsertAssets creates or replaces the ERP master data of assets."""
+        """UpsertAssets creates or replaces the ERP master data of assets. Work orders of an
+        asset without master data are opened but not scheduled (UNPLACED_REASON_NO_MASTER_DATA)
+        until it arrives.
+        """
 
     @_abc_1.abstractmethod
     def UpsertCalendar(
@@ -143,7 +258,9 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.UpsertCalendarRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.UpsertCalendarResponse, _abc.Awaitable[_scheduler_pb2.UpsertCalendarResponse]]:
-        """UpsertCalendar replaces a plant's maintenance windows within a time range."""
+        """UpsertCalendar replaces a plant's maintenance windows within a time range. Work orders
+        not yet released are re-planned into the new windows.
+        """
 
     @_abc_1.abstractmethod
     def UpsertCrews(
@@ -151,7 +268,9 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.UpsertCrewsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.UpsertCrewsResponse, _abc.Awaitable[_scheduler_pb2.UpsertCrewsResponse]]:
-        """UpsertCrews creates or replaces crews (capacity per plant and skill)."""
+        """UpsertCrews creates or replaces crews (capacity per plant and skill). A crew with
+        capacity 0 does no work. Work orders not yet released are re-planned.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkOrders(
@@ -176,8 +295,9 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchWorkOrdersResponse], _abc.AsyncIterator[_scheduler_pb2.WatchWorkOrdersResponse]]:
         """WatchWorkOrders streams every work order change after `after_position`, in order, then
-        new changes as they happen. Each item carries its position: store the last one you
-        processed and pass it on reconnect to resume without a gap or a repeat.
+        new changes as they happen; the stream does not end by itself. Each item carries its
+        position: store the last one you processed and pass it on reconnect to resume without
+        a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
         """
 
     @_abc_1.abstractmethod
@@ -187,7 +307,7 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.AcknowledgeWorkOrderResponse, _abc.Awaitable[_scheduler_pb2.AcknowledgeWorkOrderResponse]]:
         """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
-        its own order number.
+        its own order number. Only a RELEASED work order can be acknowledged.
         """
 
     @_abc_1.abstractmethod
@@ -196,7 +316,9 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.StartWorkOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.StartWorkOrderResponse, _abc.Awaitable[_scheduler_pb2.StartWorkOrderResponse]]:
-        """StartWorkOrder records that work on the asset has begun."""
+        """StartWorkOrder records that work on the asset has begun. Only an ACKNOWLEDGED work
+        order can be started.
+        """
 
     @_abc_1.abstractmethod
     def CompleteWorkOrder(
@@ -204,8 +326,9 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.CompleteWorkOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.CompleteWorkOrderResponse, _abc.Awaitable[_scheduler_pb2.CompleteWorkOrderResponse]]:
-        """CompleteWorkOrder records that the work is done and what was found. The outcome
-        becomes a label for retraining.
+        """CompleteWorkOrder records that the work is done and what was found. Only an
+        IN_PROGRESS work order can be completed. The outcome is published as
+        MaintenanceOutcomeRecorded and becomes a label for retraining.
         """
 
     @_abc_1.abstractmethod
@@ -214,6 +337,51 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.CancelWorkOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.CancelWorkOrderResponse, _abc.Awaitable[_scheduler_pb2.CancelWorkOrderResponse]]:
-        """CancelWorkOrder withdraws a work order that is not completed."""
+        """CancelWorkOrder withdraws a work order that is neither completed nor cancelled. The
+        asset's next work order opens only after a clear prediction (see WorkOrderPolicy).
+        """
+
+    @_abc_1.abstractmethod
+    def SetWorkOrderPolicy(
+        self,
+        request: _scheduler_pb2.SetWorkOrderPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SetWorkOrderPolicyResponse, _abc.Awaitable[_scheduler_pb2.SetWorkOrderPolicyResponse]]:
+        """SetWorkOrderPolicy sets when predictions for one asset type open a work order. Asset
+        types without a policy use the default one (see WorkOrderPolicy). The new policy
+        applies to the predictions that arrive after it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWorkOrderPolicy(
+        self,
+        request: _scheduler_pb2.GetWorkOrderPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetWorkOrderPolicyResponse, _abc.Awaitable[_scheduler_pb2.GetWorkOrderPolicyResponse]]:
+        """GetWorkOrderPolicy returns the policy in force for an asset type (the default one when
+        none was set).
+        """
+
+    @_abc_1.abstractmethod
+    def ListPolicyDecisions(
+        self,
+        request: _scheduler_pb2.ListPolicyDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListPolicyDecisionsResponse, _abc.Awaitable[_scheduler_pb2.ListPolicyDecisionsResponse]]:
+        """ListPolicyDecisions returns what the policy decided for each prediction of an asset,
+        including every prediction that did not open a work order and why, newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertWebhookEndpoint(
+        self,
+        request: _scheduler_pb2.UpsertWebhookEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.UpsertWebhookEndpointResponse, _abc.Awaitable[_scheduler_pb2.UpsertWebhookEndpointResponse]]:
+        """UpsertWebhookEndpoint creates or replaces an ERP endpoint that receives every work
+        order change of its plants as an HTTP POST (see WebhookEndpoint for the request the
+        endpoint receives). Switch an endpoint off with `enabled: false`; changes made while
+        it is off are not sent to it later.
+        """
 
 def add_MaintenanceSchedulerServicer_to_server(servicer: MaintenanceSchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,6 +80,30 @@ class Settings(BaseSettings):
     consumer_batch_size: int = 100
     consumer_max_deliver: int = 10
     request_timeout_s: float = 10.0
+    # Scheduler planning: a change is planned this long after it (changes arriving meanwhile
+    # are planned together, but none waits longer than schedule_max_delay_s); the plan is
+    # redone every schedule_interval_s anyway; the solver stops after schedule_time_limit_s
+    # with its best plan; a scheduled work order is released to the ERP once its slot
+    # starts within schedule_release_horizon_h.
+    schedule_debounce_s: float = 0.5
+    schedule_max_delay_s: float = 5.0
+    schedule_interval_s: float = 60.0
+    schedule_time_limit_s: float = 10.0
+    schedule_release_horizon_h: float = 168.0
+    # Scheduler policy decisions: those that open nothing are audited as a digest of the
+    # decisions table, at most every decision_audit_interval_s.
+    decision_audit_interval_s: float = 60.0
+    # Scheduler idempotency keys are remembered this long.
+    idempotency_retention_h: float = 168.0
+    # Scheduler webhooks: each endpoint's shared secret is the file named after it in
+    # webhook_secrets_dir (default data_dir/secrets/webhooks); a POST times out after
+    # webhook_timeout_s; failed deliveries wait at most webhook_max_backoff_s between tries.
+    webhook_secrets_dir: Path | None = Field(
+        default=None, description="Directory of webhook shared secrets, one file per endpoint"
+    )
+    webhook_timeout_s: float = 10.0
+    webhook_max_backoff_s: float = 300.0
+    webhook_poll_s: float = 1.0
     # Fault injection for crash tests: "<point>:<n>" makes the relay SIGKILL itself at the
     # n-th pass through <point> ("after_commit" or "after_publish"). Never set in production.
     relay_crash_at: str | None = None
@@ -114,6 +138,11 @@ class Settings(BaseSettings):
         if not self.effective_database_url.startswith("postgresql"):
             return None
         return self.db_schema or self.service
+
+    @property
+    def effective_webhook_secrets_dir(self) -> Path:
+        """Where the scheduler finds each webhook endpoint's shared secret file."""
+        return self.webhook_secrets_dir or self.data_dir / "secrets" / "webhooks"
 
     @property
     def spans_dir(self) -> Path:

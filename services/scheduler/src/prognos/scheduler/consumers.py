@@ -1,0 +1,35 @@
+"""JetStream subscriptions of the scheduler: the inference service's predictions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prognos.api.inference.v1 import events_pb2 as inference_events
+from prognos.core.bus import Subscription, subscription
+from prognos.scheduler import handlers
+from prognos.scheduler.scheduling import Clock
+
+if TYPE_CHECKING:
+    from prognos.api.common.v1.envelope_pb2 import Envelope
+    from prognos.core.store import UnitOfWork
+
+PREDICTION_SUBJECT = "inference.prediction.made"
+DURABLE = "scheduler-on-prediction"
+
+
+def subscriptions(clock: Clock) -> list[Subscription]:
+    """Predictions, each decided once by the work-order policy."""
+
+    async def on_prediction(
+        uow: UnitOfWork, envelope: Envelope, event: inference_events.PredictionMade
+    ) -> None:
+        await handlers.on_prediction(uow, event.prediction, clock())
+
+    return [
+        subscription(
+            "INFERENCE",
+            DURABLE,
+            PREDICTION_SUBJECT,
+            (inference_events.PredictionMade, on_prediction),
+        )
+    ]

@@ -1,0 +1,351 @@
+"""The planning job: re-plan open work orders when windows, crews or risks change.
+
+A commit that changes what the plan depends on (a work order opened, updated, cancelled or
+completed; assets, windows or crews upserted) wakes the planner. It waits until changes
+have been quiet for ``schedule_debounce_s`` (never longer than ``schedule_max_delay_s``
+after the first), so a burst of predictions is planned once, and it also runs every
+``schedule_interval_s`` so releases follow the clock. One pass:
+
+1. reads the work orders it may still move (PROPOSED, SCHEDULED) and the ones committed to
+   the ERP (RELEASED, ACKNOWLEDGED, IN_PROGRESS: their slots hold crew time), the assets,
+   the windows ahead and the crews;
+2. offers the planner (``planning.replan``, HiGHS, in a worker thread) each window's free
+   crew-hours per skill, keeping work where it was unless moving it pays;
+3. packs each window's planned work into crew lanes (``slots``); when a window's work does
+   not fit its lanes, plans again with that window's capacity cut to what fits;
+4. writes, in one transaction, a slot for each placed order (released to the ERP once the
+   slot starts within ``schedule_release_horizon_h``) and, for each order it could not
+   place before its predicted failure, the reason (``WorkOrderUnplaced``), all audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from prognos.scheduler import adapters, handlers
+from prognos.scheduler.domain import (
+    COMMITTED_STATES,
+    MOVABLE_STATES,
+    AssetData,
+    CrewData,
+    Slot,
+    Window,
+    WorkOrderState,
+)
+from prognos.scheduler.planning import (
+    MaintenanceWindow,
+    Plan,
+    PlanningCosts,
+    SolverOptions,
+    UnplacedReason,
+    WorkItem,
+    replan,
+)
+from prognos.scheduler.slots import Job, WindowLanes
+
+if TYPE_CHECKING:
+    from prognos.core.config import Settings
+    from prognos.core.store import EventStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+_MAX_PACKING_ROUNDS = 8
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What one planning pass decided and how long its parts took."""
+
+    items: int
+    placed: int
+    unplaced: int
+    committed: int
+    windows: int
+    status: str
+    solve_s: float
+    total_s: float
+    rounds: int
+    applied: handlers.AppliedPlan | None
+    changes: list[handlers.PlannedChange]
+
+
+@dataclass
+class _Snapshot:
+    now: datetime
+    movable: list[adapters.OrderRow]
+    committed: list[adapters.OrderRow]
+    assets: dict[str, AssetData]
+    windows: dict[str, list[Window]]
+    crews: list[CrewData]
+
+
+class Planner:
+    """Plans open work orders into maintenance windows, in the background.
+
+    Args:
+        store: the scheduler's event store.
+        settings: ``schedule_*`` settings.
+        costs: the prices the planner trades off.
+        clock: the time "now" (tests move it).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        settings: Settings,
+        *,
+        costs: PlanningCosts | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._costs = costs or PlanningCosts()
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._applying = False
+        self._stopping = False
+        self._lock = asyncio.Lock()
+        self.passes = 0
+        self.last: PlanResult | None = None
+        store.on_commit.append(self._on_commit)
+
+    def wake(self) -> None:
+        """Something the plan depends on changed: plan again soon."""
+        self._wake.set()
+
+    def _on_commit(self) -> None:
+        # The planner's own commits change nothing it has to plan again for.
+        if not self._applying:
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Plan after each quiet burst of changes, and every ``schedule_interval_s``."""
+        settings = self._settings
+        self._wake.set()  # a first pass at start-up: time passed while the service was down
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), settings.schedule_interval_s)
+            except TimeoutError:
+                pass
+            first = time.monotonic()
+            while not self._stopping:
+                self._wake.clear()
+                left = settings.schedule_max_delay_s - (time.monotonic() - first)
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(
+                        self._wake.wait(), min(settings.schedule_debounce_s, left)
+                    )
+                except TimeoutError:
+                    break
+            if self._stopping:
+                break
+            try:
+                await self.plan_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("planning failed; trying again at the next change", exc_info=True)
+
+    async def plan_once(self) -> PlanResult:
+        """One planning pass: read, solve, pack, write. Passes never overlap."""
+        async with self._lock:
+            started = time.perf_counter()
+            snapshot = await self._read(self._clock())
+            changes, info = await self._solve(snapshot)
+            applied = None
+            if changes:
+                self._applying = True
+                try:
+                    async with self._store.transaction(actor="service:scheduler") as uow:
+                        applied = await handlers.apply_plan(
+                            uow, changes, snapshot.now, info, snapshot.assets
+                        )
+                finally:
+                    self._applying = False
+                if applied.stale:
+                    self.wake()  # some orders changed while we planned: plan them again
+            self.passes += 1
+            result = PlanResult(
+                items=info["items"],
+                placed=info["placed"],
+                unplaced=info["unplaced"],
+                committed=len(snapshot.committed),
+                windows=info["windows"],
+                status=info["status"],
+                solve_s=info["solve_s"],
+                total_s=time.perf_counter() - started,
+                rounds=info["rounds"],
+                applied=applied,
+                changes=changes,
+            )
+            self.last = result
+            return result
+
+    async def _read(self, now: datetime) -> _Snapshot:
+        async with self._store.reader() as conn:
+            movable = await adapters.orders_in_states(conn, MOVABLE_STATES)
+            committed = await adapters.orders_in_states(conn, COMMITTED_STATES)
+            assets = await adapters.all_assets(
+                conn, [o.asset_id for o in movable] + [o.asset_id for o in committed]
+            )
+            windows = await adapters.windows_ahead(conn, now)
+            crews = await adapters.all_crews(conn)
+        return _Snapshot(now, movable, committed, assets, windows, crews)
+
+    async def _solve(self, s: _Snapshot) -> tuple[list[handlers.PlannedChange], dict[str, Any]]:
+        now = s.now
+        crews_by_plant: dict[str, list[CrewData]] = defaultdict(list)
+        skill_of_crew: dict[str, str] = {}
+        for crew in s.crews:
+            crews_by_plant[crew.plant].append(crew)
+            skill_of_crew[crew.crew_id] = crew.skill
+        committed_in: dict[str, list[tuple[str, Slot]]] = defaultdict(list)
+        for order in s.committed:
+            if order.slot is not None:
+                skill = skill_of_crew.get(order.slot.crew_id, "")
+                committed_in[order.slot.window_id].append((skill, order.slot))
+        all_windows = [w for plant in sorted(s.windows) for w in s.windows[plant]]
+        plant_of = {w.id: plant for plant in s.windows for w in s.windows[plant]}
+
+        def lanes_of(window: Window) -> WindowLanes:
+            return WindowLanes(
+                window,
+                crews_by_plant.get(plant_of[window.id], []),
+                committed_in.get(window.id, []),
+                not_before=now,
+            )
+
+        capacity = {w.id: lanes_of(w).free_hours() for w in all_windows}
+        items: list[WorkItem] = []
+        jobs: dict[str, Job] = {}
+        unplaced: dict[str, tuple[str, str]] = {}
+        for order in s.movable:
+            asset = s.assets.get(order.asset_id)
+            if asset is None:
+                unplaced[order.work_order_id] = (
+                    "NO_MASTER_DATA",
+                    f"the ERP sent no master data for asset {order.asset_id}",
+                )
+                continue
+            items.append(
+                WorkItem(
+                    id=order.work_order_id,
+                    plant=asset.plant,
+                    skill=asset.required_skill,
+                    duration_h=asset.service_duration_h,
+                    failure_probability=min(max(order.risk, 0.0), 1.0),
+                    downtime_cost_per_h=asset.downtime_cost_per_h or 1.0,
+                    predicted_failure_at=order.due_at,
+                    earliest_start=now,
+                    criticality=asset.criticality,
+                )
+            )
+            jobs[order.work_order_id] = Job(
+                order.work_order_id,
+                asset.required_skill,
+                timedelta(hours=asset.service_duration_h),
+                order.slot,
+            )
+        previous = {o.work_order_id: o.slot.window_id for o in s.movable if o.slot is not None}
+        options = SolverOptions(time_limit_s=self._settings.schedule_time_limit_s)
+        slots: dict[str, Slot] = {}
+        overflow: set[str] = set()
+        solve_s = 0.0
+        rounds = 0
+        plan: Plan | None = None
+        while items:
+            rounds += 1
+            offered = [
+                MaintenanceWindow(
+                    w.id, plant_of[w.id], max(w.start, now), w.end, dict(capacity[w.id])
+                )
+                for w in all_windows
+                if w.end > now
+            ]
+            plan = await asyncio.to_thread(replan, previous, items, offered, self._costs, options)
+            solve_s += plan.solve_time_s
+            by_window: dict[str, list[Job]] = defaultdict(list)
+            for item_id, window_id in plan.assignments.items():
+                by_window[window_id].append(jobs[item_id])
+            slots, overflow_jobs = {}, []
+            tightened = False
+            window_index = {w.id: w for w in all_windows}
+            for window_id, window_jobs in by_window.items():
+                placed, left = lanes_of(window_index[window_id]).pack(window_jobs)
+                slots.update(placed)
+                if left:
+                    overflow_jobs.extend(left)
+                    fitted: dict[str, float] = defaultdict(float)
+                    for job in window_jobs:
+                        if job.id in placed:
+                            fitted[job.skill] += job.duration.total_seconds() / 3600.0
+                    for job in left:
+                        capacity[window_id][job.skill] = fitted[job.skill]
+                    tightened = True
+            overflow = {j.id for j in overflow_jobs}
+            if not tightened or rounds >= _MAX_PACKING_ROUNDS:
+                break
+        if plan is not None:
+            for item_id, why in plan.unplaced.items():
+                unplaced[item_id] = (why.reason.value, why.detail)
+        for item_id in overflow:
+            unplaced[item_id] = (
+                UnplacedReason.NO_CAPACITY_BEFORE_FAILURE.value,
+                "no crew has a free stretch long enough in the windows before the predicted "
+                "failure",
+            )
+
+        horizon = now + timedelta(hours=self._settings.schedule_release_horizon_h)
+        changes: list[handlers.PlannedChange] = []
+        for order in s.movable:
+            wid = order.work_order_id
+            slot = slots.get(wid)
+            if slot is not None:
+                moved = slot != order.slot
+                release = slot.start <= horizon
+                if moved or release:
+                    changes.append(
+                        handlers.PlannedChange(wid, order.version, slot=slot, release=release)
+                    )
+                continue
+            reason, detail = unplaced.get(
+                wid, (UnplacedReason.NO_CAPACITY_BEFORE_FAILURE.value, "not placed")
+            )
+            if order.state is WorkOrderState.SCHEDULED or order.unplaced_reason != reason:
+                changes.append(
+                    handlers.PlannedChange(
+                        wid, order.version, unplaced_reason=reason, unplaced_detail=detail
+                    )
+                )
+        info: dict[str, Any] = {
+            "plan_id": str(uuid.uuid4()),
+            "items": len(s.movable),
+            "placed": len(slots),
+            "unplaced": len(s.movable) - len(slots),
+            "windows": len(all_windows),
+            "status": plan.status.value if plan is not None else "EMPTY",
+            "objective": plan.objective if plan is not None else 0.0,
+            "solve_s": round(solve_s, 4),
+            "rounds": rounds,
+        }
+        return changes, info

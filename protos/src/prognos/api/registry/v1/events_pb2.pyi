@@ -90,6 +90,26 @@ class AliasMoved(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ALIAS_FIELD_NUMBER: _builtins.int
     ASSET_TYPE_FIELD_NUMBER: _builtins.int
     FROM_MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
@@ -98,6 +118,8 @@ class AliasMoved(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     alias: _registry_pb2.ModelAlias.ValueType
     """The alias that moved."""
     asset_type: _builtins.str
@@ -107,7 +129,7 @@ class AliasMoved(_message.Message):
     to_model_version_id: _builtins.str
     """Version that holds the alias now."""
     actor: _builtins.str
-    """Principal that moved it ("system" for automatic promotion)."""
+    """Principal that moved it ("service:registry" for automatic moves)."""
     reason: _builtins.str
     """Why it moved."""
     kind: _registry_pb2.AliasChangeKind.ValueType
@@ -115,6 +137,14 @@ class AliasMoved(_message.Message):
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.ModelArtifact]:
         """The moved-to version's files, so a replica can load it without another call."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it moved."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The moved-to version's evaluation metrics."""
 
     def __init__(
         self,
@@ -127,10 +157,12 @@ class AliasMoved(_message.Message):
         reason: _builtins.str = ...,
         kind: _registry_pb2.AliasChangeKind.ValueType = ...,
         artifacts: _abc.Iterable[_registry_pb2.ModelArtifact] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifacts", b"artifacts", "asset_type", b"asset_type", "from_model_version_id", b"from_model_version_id", "kind", b"kind", "reason", b"reason", "to_model_version_id", b"to_model_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifacts", b"artifacts", "asset_type", b"asset_type", "from_model_version_id", b"from_model_version_id", "kind", b"kind", "metrics", b"metrics", "reason", b"reason", "time", b"time", "to_model_version_id", b"to_model_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -173,6 +173,7 @@ class RegisteredAssetType(_message.Message):
     ASSET_TYPE_VERSION_FIELD_NUMBER: _builtins.int
     CHAMPION_MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
     CHALLENGER_MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
+    PROMOTION_POLICY_FIELD_NUMBER: _builtins.int
     asset_type_version: _builtins.int
     """Version of the asset type's stream in the ingest service that this view reflects."""
     champion_model_version_id: _builtins.str
@@ -183,6 +184,10 @@ class RegisteredAssetType(_message.Message):
     def asset_type(self) -> _ingest_pb2.AssetType:
         """The asset type's latest definition, as published by the ingest service."""
 
+    @_builtins.property
+    def promotion_policy(self) -> Global___PromotionPolicy:
+        """How model versions of this type are promoted."""
+
     def __init__(
         self,
         *,
@@ -190,14 +195,71 @@ class RegisteredAssetType(_message.Message):
         asset_type_version: _builtins.int = ...,
         champion_model_version_id: _builtins.str = ...,
         challenger_model_version_id: _builtins.str = ...,
+        promotion_policy: Global___PromotionPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "promotion_policy", b"promotion_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "asset_type_version", b"asset_type_version", "challenger_model_version_id", b"challenger_model_version_id", "champion_model_version_id", b"champion_model_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "asset_type_version", b"asset_type_version", "challenger_model_version_id", b"challenger_model_version_id", "champion_model_version_id", b"champion_model_version_id", "promotion_policy", b"promotion_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisteredAssetType: _TypeAlias = RegisteredAssetType  # noqa: Y015
+
+@_typing.final
+class PromotionPolicy(_message.Message):
+    """PromotionPolicy says how an asset type's model versions are promoted. Until one is set,
+    the default holds: no automatic promotion, new candidates become the challenger.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTO_PROMOTE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    MANUAL_CHALLENGER_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    auto_promote: _builtins.bool
+    """When true, a candidate trained by the registry becomes champion without an approval if
+    it beats the champion on the same held-out evaluation by at least `margin` on `metric`.
+    """
+    metric: _builtins.str
+    """The metric compared, lower being better: "rmse" (the default when empty) or
+    "phm08_score".
+    """
+    margin: _builtins.float
+    """How much lower the candidate's metric must be than the champion's (in the metric's
+    unit, e.g. cycles of RMSE).
+    """
+    manual_challenger: _builtins.bool
+    """When true, new candidates do not become the challenger by themselves."""
+    set_by: _builtins.str
+    """Principal that set the policy; empty for the default."""
+    reason: _builtins.str
+    """Why it was set."""
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was set; unset for the default."""
+
+    def __init__(
+        self,
+        *,
+        auto_promote: _builtins.bool = ...,
+        metric: _builtins.str = ...,
+        margin: _builtins.float = ...,
+        manual_challenger: _builtins.bool = ...,
+        set_by: _builtins.str = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_promote", b"auto_promote", "manual_challenger", b"manual_challenger", "margin", b"margin", "metric", b"metric", "reason", b"reason", "set_at", b"set_at", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromotionPolicy: _TypeAlias = PromotionPolicy  # noqa: Y015
 
 @_typing.final
 class ModelArtifact(_message.Message):
@@ -259,12 +321,34 @@ class Lineage(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TrainingMetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DATASET_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     DATASET_CONTENT_HASH_FIELD_NUMBER: _builtins.int
     LABEL_SET_FIELD_NUMBER: _builtins.int
     CODE_VERSION_FIELD_NUMBER: _builtins.int
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     TRAINING_RUN_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_URI_FIELD_NUMBER: _builtins.int
+    TRAINING_METRICS_FIELD_NUMBER: _builtins.int
     dataset_snapshot_id: _builtins.str
     """Dataset snapshot the model was trained on."""
     dataset_content_hash: _builtins.str
@@ -275,9 +359,17 @@ class Lineage(_message.Message):
     """Version of the training code (a package version or VCS commit)."""
     training_run_id: _builtins.str
     """Training run that produced the model; empty for a model registered from outside."""
+    source_uri: _builtins.str
+    """Where the training data came from when no snapshot was used, e.g. the uploaded C-MAPSS
+    file: "<name> <artifact uri>".
+    """
     @_builtins.property
     def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyper-parameters, as text (numbers in decimal, lists and objects as JSON)."""
+
+    @_builtins.property
+    def training_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Final training metrics: the last epoch's losses, training seconds, windows and units."""
 
     def __init__(
         self,
@@ -288,10 +380,12 @@ class Lineage(_message.Message):
         code_version: _builtins.str = ...,
         hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         training_run_id: _builtins.str = ...,
+        source_uri: _builtins.str = ...,
+        training_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_version", b"code_version", "dataset_content_hash", b"dataset_content_hash", "dataset_snapshot_id", b"dataset_snapshot_id", "hyperparameters", b"hyperparameters", "label_set", b"label_set", "training_run_id", b"training_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_version", b"code_version", "dataset_content_hash", b"dataset_content_hash", "dataset_snapshot_id", b"dataset_snapshot_id", "hyperparameters", b"hyperparameters", "label_set", b"label_set", "source_uri", b"source_uri", "training_metrics", b"training_metrics", "training_run_id", b"training_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +417,26 @@ class ModelVersion(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ChampionMetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     ASSET_TYPE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -335,6 +449,8 @@ class ModelVersion(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     APPROVED_AT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    COMPARED_WITH_MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
+    CHAMPION_METRICS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, e.g. "turbofan-v7"."""
     asset_type: _builtins.str
@@ -347,6 +463,10 @@ class ModelVersion(_message.Message):
     """Principal that approved it; empty while a candidate."""
     description: _builtins.str
     """Free text from the registrant, e.g. what changed compared with the previous version."""
+    compared_with_model_version_id: _builtins.str
+    """The champion when the version was trained, evaluated on the same held-out data; empty
+    when there was none.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Evaluation metrics on the held-out split, e.g. "roc_auc", "pr_auc", "rul_rmse"."""
@@ -371,6 +491,10 @@ class ModelVersion(_message.Message):
     def approved_at(self) -> _timestamp_pb2.Timestamp:
         """When it was approved; unset while a candidate."""
 
+    @_builtins.property
+    def champion_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """That champion's metrics on the same evaluation (compare with `metrics`)."""
+
     def __init__(
         self,
         *,
@@ -386,10 +510,12 @@ class ModelVersion(_message.Message):
         approved_by: _builtins.str = ...,
         approved_at: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
+        compared_with_model_version_id: _builtins.str = ...,
+        champion_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "lineage", b"lineage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "approved_at", b"approved_at", "approved_by", b"approved_by", "artifacts", b"artifacts", "asset_type", b"asset_type", "created_at", b"created_at", "description", b"description", "id", b"id", "lineage", b"lineage", "metrics", b"metrics", "status", b"status", "trained_by", b"trained_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "approved_at", b"approved_at", "approved_by", b"approved_by", "artifacts", b"artifacts", "asset_type", b"asset_type", "champion_metrics", b"champion_metrics", "compared_with_model_version_id", b"compared_with_model_version_id", "created_at", b"created_at", "description", b"description", "id", b"id", "lineage", b"lineage", "metrics", b"metrics", "status", b"status", "trained_by", b"trained_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,7 +544,7 @@ class AliasChange(_message.Message):
     to_model_version_id: _builtins.str
     """Version that holds the alias after the move."""
     actor: _builtins.str
-    """Principal that moved it ("system" for automatic promotion)."""
+    """Principal that moved it ("service:registry" for automatic moves)."""
     reason: _builtins.str
     """Why it moved, as given by the actor or the promotion policy."""
     kind: Global___AliasChangeKind.ValueType
@@ -510,6 +636,9 @@ class TrainingRun(_message.Message):
     MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DATASET_CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    SOURCE_URI_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     asset_type: _builtins.str
@@ -521,7 +650,7 @@ class TrainingRun(_message.Message):
     trigger: Global___TrainingTrigger.ValueType
     """Why the run was started."""
     requested_by: _builtins.str
-    """Principal that started it ("system" for schedule and drift)."""
+    """Principal that started it ("service:registry" for schedule and drift)."""
     progress: _builtins.float
     """Fraction done, 0 to 1."""
     epoch: _builtins.int
@@ -534,6 +663,14 @@ class TrainingRun(_message.Message):
     """What went wrong, for a failed run; empty otherwise."""
     reason: _builtins.str
     """Free text: why the run was started or cancelled."""
+    dataset_content_hash: _builtins.str
+    """Content hash of the training data: the snapshot's, or the uploaded file's."""
+    source_uri: _builtins.str
+    """Where the training data came from when no snapshot was used ("<name> <artifact uri>")."""
+    phase: _builtins.str
+    """What the run is doing now: "queued", "loading", "training", "evaluating", "exporting",
+    "registering" or "finished".
+    """
     @_builtins.property
     def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyper-parameters, as text (see Lineage.hyperparameters)."""
@@ -574,10 +711,13 @@ class TrainingRun(_message.Message):
         model_version_id: _builtins.str = ...,
         error_message: _builtins.str = ...,
         reason: _builtins.str = ...,
+        dataset_content_hash: _builtins.str = ...,
+        source_uri: _builtins.str = ...,
+        phase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "created_at", b"created_at", "dataset_snapshot_id", b"dataset_snapshot_id", "epoch", b"epoch", "error_message", b"error_message", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "id", b"id", "metrics", b"metrics", "model_version_id", b"model_version_id", "progress", b"progress", "reason", b"reason", "requested_by", b"requested_by", "started_at", b"started_at", "state", b"state", "total_epochs", b"total_epochs", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "created_at", b"created_at", "dataset_content_hash", b"dataset_content_hash", "dataset_snapshot_id", b"dataset_snapshot_id", "epoch", b"epoch", "error_message", b"error_message", "finished_at", b"finished_at", "hyperparameters", b"hyperparameters", "id", b"id", "metrics", b"metrics", "model_version_id", b"model_version_id", "phase", b"phase", "progress", b"progress", "reason", b"reason", "requested_by", b"requested_by", "source_uri", b"source_uri", "started_at", b"started_at", "state", b"state", "total_epochs", b"total_epochs", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1108,6 +1248,8 @@ class StartTrainingRequest(_message.Message):
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    SOURCE_NAME_FIELD_NUMBER: _builtins.int
     asset_type: _builtins.str
     """Asset type to train."""
     dataset_snapshot_id: _builtins.str
@@ -1116,6 +1258,12 @@ class StartTrainingRequest(_message.Message):
     """Free text: why the run is started."""
     idempotency_key: _builtins.str
     """Client-chosen key; a retried request with the same key returns the first run."""
+    source_content_hash: _builtins.str
+    """Train on a file in the C-MAPSS text format uploaded with UploadArtifact ("sha256:<hex>")
+    instead of a dataset snapshot; every unit in it runs to failure.
+    """
+    source_name: _builtins.str
+    """Name of that file, for the lineage (e.g. "train_FD001.txt")."""
     @_builtins.property
     def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyper-parameters overriding the defaults, as text (see Lineage.hyperparameters)."""
@@ -1128,10 +1276,12 @@ class StartTrainingRequest(_message.Message):
         hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         reason: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        source_content_hash: _builtins.str = ...,
+        source_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "dataset_snapshot_id", b"dataset_snapshot_id", "hyperparameters", b"hyperparameters", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "dataset_snapshot_id", b"dataset_snapshot_id", "hyperparameters", b"hyperparameters", "idempotency_key", b"idempotency_key", "reason", b"reason", "source_content_hash", b"source_content_hash", "source_name", b"source_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1302,3 +1452,289 @@ class CancelTrainingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelTrainingResponse: _TypeAlias = CancelTrainingResponse  # noqa: Y015
+
+@_typing.final
+class ListTrainingRunsRequest(_message.Message):
+    """ListTrainingRunsRequest selects training runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """Only runs of this asset type; empty for all."""
+    state: Global___TrainingRunState.ValueType
+    """Only runs in this state; TRAINING_RUN_STATE_UNSPECIFIED for all."""
+    page_size: _builtins.int
+    """Maximum number of runs to return; 0 means the server default (100)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        state: Global___TrainingRunState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrainingRunsRequest: _TypeAlias = ListTrainingRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListTrainingRunsResponse(_message.Message):
+    """ListTrainingRunsResponse is one page of training runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingRun]:
+        """The runs on this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___TrainingRun] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrainingRunsResponse: _TypeAlias = ListTrainingRunsResponse  # noqa: Y015
+
+@_typing.final
+class UploadArtifactHeader(_message.Message):
+    """UploadArtifactHeader describes the file that follows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The file's name, e.g. "model.tflite" or "train_FD001.txt"."""
+    size_bytes: _builtins.int
+    """Its size in bytes, when known in advance; 0 skips the check."""
+    content_hash: _builtins.str
+    """Its SHA-256 ("sha256:<hex>"), when known in advance; empty skips the check."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        content_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArtifactHeader: _TypeAlias = UploadArtifactHeader  # noqa: Y015
+
+@_typing.final
+class UploadArtifactRequest(_message.Message):
+    """UploadArtifactRequest is one message of an upload: the header first, then the bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the file (at most 1 MiB per message)."""
+    @_builtins.property
+    def header(self) -> Global___UploadArtifactHeader:
+        """The file's description; only in the first message."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadArtifactHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadArtifactRequest: _TypeAlias = UploadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class UploadArtifactResponse(_message.Message):
+    """UploadArtifactResponse says where the file is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def artifact(self) -> Global___ModelArtifact:
+        """The stored file: its name, URI, content hash and size."""
+
+    def __init__(
+        self,
+        *,
+        artifact: Global___ModelArtifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArtifactResponse: _TypeAlias = UploadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateModelVersionRequest(_message.Message):
+    """EvaluateModelVersionRequest names the model version and the test data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
+    TEST_CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    TRUTH_CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    model_version_id: _builtins.str
+    """Identifier of the model version."""
+    test_content_hash: _builtins.str
+    """Content hash of the uploaded test file (NASA test_FD00x.txt layout)."""
+    truth_content_hash: _builtins.str
+    """Content hash of the uploaded truth file (NASA RUL_FD00x.txt layout)."""
+    def __init__(
+        self,
+        *,
+        model_version_id: _builtins.str = ...,
+        test_content_hash: _builtins.str = ...,
+        truth_content_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version_id", b"model_version_id", "test_content_hash", b"test_content_hash", "truth_content_hash", b"truth_content_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateModelVersionRequest: _TypeAlias = EvaluateModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateModelVersionResponse(_message.Message):
+    """EvaluateModelVersionResponse holds the evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    EVALUATION_JSON_FIELD_NUMBER: _builtins.int
+    REPORT_PNG_FIELD_NUMBER: _builtins.int
+    evaluation_json: _builtins.str
+    """The whole evaluation as JSON: the metrics, the calibration table and one row per unit."""
+    report_png: _builtins.bytes
+    """The PNG report: predicted vs true RUL per unit, error histogram, calibration curve."""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Headline metrics: "units", "rmse", "phm08_score", "mean_error", "precision", "recall",
+        "f1", "brier", "expected_calibration_error".
+        """
+
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        evaluation_json: _builtins.str = ...,
+        report_png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_json", b"evaluation_json", "metrics", b"metrics", "report_png", b"report_png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateModelVersionResponse: _TypeAlias = EvaluateModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class SetPromotionPolicyRequest(_message.Message):
+    """SetPromotionPolicyRequest sets an asset type's promotion policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type."""
+    reason: _builtins.str
+    """Why; recorded in the policy and the audit trail."""
+    @_builtins.property
+    def policy(self) -> Global___PromotionPolicy:
+        """The new policy (`set_by` and `set_at` are ignored: the server fills them)."""
+
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        policy: Global___PromotionPolicy | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "policy", b"policy", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPromotionPolicyRequest: _TypeAlias = SetPromotionPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetPromotionPolicyResponse(_message.Message):
+    """SetPromotionPolicyResponse returns the policy in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___PromotionPolicy:
+        """The policy as stored."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___PromotionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPromotionPolicyResponse: _TypeAlias = SetPromotionPolicyResponse  # noqa: Y015

@@ -101,6 +101,26 @@ class ModelRegistryStub:
                 request_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingResponse.FromString,
                 _registered_method=True)
+        self.ListTrainingRuns = channel.unary_unary(
+                '/prognos.api.registry.v1.ModelRegistry/ListTrainingRuns',
+                request_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsResponse.FromString,
+                _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/prognos.api.registry.v1.ModelRegistry/UploadArtifact',
+                request_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
+        self.EvaluateModelVersion = channel.unary_unary(
+                '/prognos.api.registry.v1.ModelRegistry/EvaluateModelVersion',
+                request_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionResponse.FromString,
+                _registered_method=True)
+        self.SetPromotionPolicy = channel.unary_unary(
+                '/prognos.api.registry.v1.ModelRegistry/SetPromotionPolicy',
+                request_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -206,6 +226,43 @@ class ModelRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTrainingRuns(self, request, context):
+        """ListTrainingRuns returns training runs, newest first, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadArtifact(self, request_iterator, context):
+        """UploadArtifact stores a file in the registry's content-addressed artifact store: a
+        model file before RegisterModelVersion, a training file (C-MAPSS text) before
+        StartTraining, or a test and truth file before EvaluateModelVersion. The first message
+        carries the header, the following ones the bytes. Storing the same bytes twice stores
+        them once. INVALID_ARGUMENT when the bytes differ from the header's size or hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateModelVersion(self, request, context):
+        """EvaluateModelVersion runs the C-MAPSS last-cycle protocol for a model version on a test
+        file and its truth file (NASA format, both uploaded with UploadArtifact): RMSE, PHM08
+        score, the binary "fails within the horizon" view and the calibration of the failure
+        probability, with a PNG report. It runs in a worker process and may take a minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPromotionPolicy(self, request, context):
+        """SetPromotionPolicy sets an asset type's promotion policy: whether a new candidate that
+        beats the champion on the same evaluation by the margin becomes champion without an
+        approval, and whether new candidates become the challenger by themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +325,26 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.CancelTraining,
                     request_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingRequest.FromString,
                     response_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingResponse.SerializeToString,
+            ),
+            'ListTrainingRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingRuns,
+                    request_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsResponse.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.SerializeToString,
+            ),
+            'EvaluateModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateModelVersion,
+                    request_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionResponse.SerializeToString,
+            ),
+            'SetPromotionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPromotionPolicy,
+                    request_deserializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -601,6 +678,114 @@ class ModelRegistry:
             '/prognos.api.registry.v1.ModelRegistry/CancelTraining',
             prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingRequest.SerializeToString,
             prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.CancelTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.registry.v1.ModelRegistry/ListTrainingRuns',
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsRequest.SerializeToString,
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.ListTrainingRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/prognos.api.registry.v1.ModelRegistry/UploadArtifact',
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactRequest.SerializeToString,
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.UploadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.registry.v1.ModelRegistry/EvaluateModelVersion',
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionRequest.SerializeToString,
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.EvaluateModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPromotionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.registry.v1.ModelRegistry/SetPromotionPolicy',
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyRequest.SerializeToString,
+            prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2.SetPromotionPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

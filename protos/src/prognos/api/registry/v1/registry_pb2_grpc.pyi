@@ -84,6 +84,26 @@ class ModelRegistryStub:
     """CancelTraining stops a queued or running training run. Cancelling a finished run is
     FAILED_PRECONDITION.
     """
+    ListTrainingRuns: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListTrainingRunsRequest, _registry_pb2.ListTrainingRunsResponse]
+    """ListTrainingRuns returns training runs, newest first, one page at a time."""
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_registry_pb2.UploadArtifactRequest, _registry_pb2.UploadArtifactResponse]
+    """UploadArtifact stores a file in the registry's content-addressed artifact store: a
+    model file before RegisterModelVersion, a training file (C-MAPSS text) before
+    StartTraining, or a test and truth file before EvaluateModelVersion. The first message
+    carries the header, the following ones the bytes. Storing the same bytes twice stores
+    them once. INVALID_ARGUMENT when the bytes differ from the header's size or hash.
+    """
+    EvaluateModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.EvaluateModelVersionRequest, _registry_pb2.EvaluateModelVersionResponse]
+    """EvaluateModelVersion runs the C-MAPSS last-cycle protocol for a model version on a test
+    file and its truth file (NASA format, both uploaded with UploadArtifact): RMSE, PHM08
+    score, the binary "fails within the horizon" view and the calibration of the failure
+    probability, with a PNG report. It runs in a worker process and may take a minute.
+    """
+    SetPromotionPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetPromotionPolicyRequest, _registry_pb2.SetPromotionPolicyResponse]
+    """SetPromotionPolicy sets an asset type's promotion policy: whether a new candidate that
+    beats the champion on the same evaluation by the margin becomes champion without an
+    approval, and whether new candidates become the challenger by themselves.
+    """
 
 @_typing.type_check_only
 class ModelRegistryAsyncStub(ModelRegistryStub):
@@ -138,6 +158,26 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     CancelTraining: _aio.UnaryUnaryMultiCallable[_registry_pb2.CancelTrainingRequest, _registry_pb2.CancelTrainingResponse]  # type: ignore[assignment]
     """CancelTraining stops a queued or running training run. Cancelling a finished run is
     FAILED_PRECONDITION.
+    """
+    ListTrainingRuns: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListTrainingRunsRequest, _registry_pb2.ListTrainingRunsResponse]  # type: ignore[assignment]
+    """ListTrainingRuns returns training runs, newest first, one page at a time."""
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_registry_pb2.UploadArtifactRequest, _registry_pb2.UploadArtifactResponse]  # type: ignore[assignment]
+    """UploadArtifact stores a file in the registry's content-addressed artifact store: a
+    model file before RegisterModelVersion, a training file (C-MAPSS text) before
+    StartTraining, or a test and truth file before EvaluateModelVersion. The first message
+    carries the header, the following ones the bytes. Storing the same bytes twice stores
+    them once. INVALID_ARGUMENT when the bytes differ from the header's size or hash.
+    """
+    EvaluateModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.EvaluateModelVersionRequest, _registry_pb2.EvaluateModelVersionResponse]  # type: ignore[assignment]
+    """EvaluateModelVersion runs the C-MAPSS last-cycle protocol for a model version on a test
+    file and its truth file (NASA format, both uploaded with UploadArtifact): RMSE, PHM08
+    score, the binary "fails within the horizon" view and the calibration of the failure
+    probability, with a PNG report. It runs in a worker process and may take a minute.
+    """
+    SetPromotionPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetPromotionPolicyRequest, _registry_pb2.SetPromotionPolicyResponse]  # type: ignore[assignment]
+    """SetPromotionPolicy sets an asset type's promotion policy: whether a new candidate that
+    beats the champion on the same evaluation by the margin becomes champion without an
+    approval, and whether new candidates become the challenger by themselves.
     """
 
 class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -262,6 +302,50 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.CancelTrainingResponse, _abc.Awaitable[_registry_pb2.CancelTrainingResponse]]:
         """CancelTraining stops a queued or running training run. Cancelling a finished run is
         FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTrainingRuns(
+        self,
+        request: _registry_pb2.ListTrainingRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListTrainingRunsResponse, _abc.Awaitable[_registry_pb2.ListTrainingRunsResponse]]:
+        """ListTrainingRuns returns training runs, newest first, one page at a time."""
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_pb2.UploadArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UploadArtifactResponse, _abc.Awaitable[_registry_pb2.UploadArtifactResponse]]:
+        """UploadArtifact stores a file in the registry's content-addressed artifact store: a
+        model file before RegisterModelVersion, a training file (C-MAPSS text) before
+        StartTraining, or a test and truth file before EvaluateModelVersion. The first message
+        carries the header, the following ones the bytes. Storing the same bytes twice stores
+        them once. INVALID_ARGUMENT when the bytes differ from the header's size or hash.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateModelVersion(
+        self,
+        request: _registry_pb2.EvaluateModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.EvaluateModelVersionResponse, _abc.Awaitable[_registry_pb2.EvaluateModelVersionResponse]]:
+        """EvaluateModelVersion runs the C-MAPSS last-cycle protocol for a model version on a test
+        file and its truth file (NASA format, both uploaded with UploadArtifact): RMSE, PHM08
+        score, the binary "fails within the horizon" view and the calibration of the failure
+        probability, with a PNG report. It runs in a worker process and may take a minute.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPromotionPolicy(
+        self,
+        request: _registry_pb2.SetPromotionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetPromotionPolicyResponse, _abc.Awaitable[_registry_pb2.SetPromotionPolicyResponse]]:
+        """SetPromotionPolicy sets an asset type's promotion policy: whether a new candidate that
+        beats the champion on the same evaluation by the margin becomes champion without an
+        approval, and whether new candidates become the challenger by themselves.
         """
 
 def add_ModelRegistryServicer_to_server(servicer: ModelRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from prognos.api.ingest.v1 import ingest_pb2 as prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"prognos/api/ingest/v1/events.proto\x12\x15prognos.api.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"K\n\x13\x41ssetTypeRegistered\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\"H\n\x10\x41ssetTypeUpdated\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\">\n\x0f\x41ssetRegistered\x12+\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.prognos.api.ingest.v1.Asset\"\x89\x01\n\x13ReadingsQuarantined\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x36\n\x06\x63ounts\x18\x03 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x04\"R\n\x16\x44\x61tasetSnapshotCreated\x12\x38\n\x08snapshot\x18\x01 \x01(\x0b\x32&.prognos.api.ingest.v1.DatasetSnapshot\"\xa7\x01\n\x14OutcomeLabelRecorded\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66\x61ilure_confirmed\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"prognos/api/ingest/v1/events.proto\x12\x15prognos.api.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"K\n\x13\x41ssetTypeRegistered\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\"H\n\x10\x41ssetTypeUpdated\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\">\n\x0f\x41ssetRegistered\x12+\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.prognos.api.ingest.v1.Asset\"\x89\x01\n\x13ReadingsQuarantined\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x36\n\x06\x63ounts\x18\x03 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x04\"\xa9\x03\n\x10QuarantinedBatch\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x36\n\x06\x63ounts\x18\x04 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12\r\n\x05units\x18\x06 \x03(\t\x12\x18\n\x10timestamps_us_le\x18\x07 \x01(\x0c\x12\x18\n\x10\x63hannel_index_le\x18\x08 \x01(\x0c\x12\x0f\n\x07reasons\x18\t \x01(\x0c\x12\x15\n\rvalues_f64_le\x18\n \x01(\x0c\x12\x44\n\x11\x63olumn_rejections\x18\x0b \x03(\x0b\x32).prognos.api.ingest.v1.QuarantinedReading\x12\x16\n\x0eunlisted_count\x18\x0c \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\r \x01(\x04\x12\x32\n\x0equarantined_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16\x44\x61tasetSnapshotCreated\x12\x38\n\x08snapshot\x18\x01 \x01(\x0b\x32&.prognos.api.ingest.v1.DatasetSnapshot\"\xa7\x01\n\x14OutcomeLabelRecorded\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66\x61ilure_confirmed\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSETREGISTERED']._serialized_end=343
   _globals['_READINGSQUARANTINED']._serialized_start=346
   _globals['_READINGSQUARANTINED']._serialized_end=483
-  _globals['_DATASETSNAPSHOTCREATED']._serialized_start=485
-  _globals['_DATASETSNAPSHOTCREATED']._serialized_end=567
-  _globals['_OUTCOMELABELRECORDED']._serialized_start=570
-  _globals['_OUTCOMELABELRECORDED']._serialized_end=737
+  _globals['_QUARANTINEDBATCH']._serialized_start=486
+  _globals['_QUARANTINEDBATCH']._serialized_end=911
+  _globals['_DATASETSNAPSHOTCREATED']._serialized_start=913
+  _globals['_DATASETSNAPSHOTCREATED']._serialized_end=995
+  _globals['_OUTCOMELABELRECORDED']._serialized_start=998
+  _globals['_OUTCOMELABELRECORDED']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)

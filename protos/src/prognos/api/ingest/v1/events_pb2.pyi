@@ -134,6 +134,101 @@ class ReadingsQuarantined(_message.Message):
 Global___ReadingsQuarantined: _TypeAlias = ReadingsQuarantined  # noqa: Y015
 
 @_typing.final
+class QuarantinedBatch(_message.Message):
+    """QuarantinedBatch: the readings of one batch (or of one file batch) that were kept out
+    of the telemetry, in columnar form. It is not an Envelope payload: it is the message body
+    on the QUARANTINE JetStream stream, subject `quarantine.<asset_type>.<asset token>`
+    (`quarantine._unknown.<asset token>` when the asset is not registered; the token as on
+    the telemetry stream), with `Nats-Msg-Id: <asset_id>:<batch_id>`. It is stored before the
+    batch's receipt is sent. Reading i is at `timestamps_us_le[i]` of channel
+    `channels[channel_index[i]]`, was sent as `values_f64_le[i]` in `units[channel_index[i]]`
+    and was kept out for `reasons[i]` (one byte: a QuarantineReason number).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_US_LE_FIELD_NUMBER: _builtins.int
+    CHANNEL_INDEX_LE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    VALUES_F64_LE_FIELD_NUMBER: _builtins.int
+    COLUMN_REJECTIONS_FIELD_NUMBER: _builtins.int
+    UNLISTED_COUNT_FIELD_NUMBER: _builtins.int
+    ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
+    QUARANTINED_AT_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    """Asset the readings were sent for."""
+    asset_type: _builtins.str
+    """The asset's type; empty when the asset is not registered."""
+    batch_id: _builtins.str
+    """Batch id as sent, or "file:<content hash>:<n>" for the n-th batch of an uploaded file."""
+    timestamps_us_le: _builtins.bytes
+    """Reading times, little-endian int64 microseconds since the Unix epoch."""
+    channel_index_le: _builtins.bytes
+    """Index into `channels` of each reading, little-endian uint16."""
+    reasons: _builtins.bytes
+    """Reason of each reading, one byte each (a QuarantineReason number)."""
+    values_f64_le: _builtins.bytes
+    """Value of each reading as sent, little-endian float64 (NaN when it could not be read)."""
+    unlisted_count: _builtins.int
+    """Readings counted in `counts` but not listed here: a batch lists at most 10,000."""
+    accepted_count: _builtins.int
+    """Readings of the same batch that were accepted."""
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[_ingest_pb2.QuarantineCount]:
+        """Exact number of quarantined readings per reason (each asset_id equals the one above)."""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channel names as sent, indexed by `channel_index`."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Unit of each channel as sent, aligned with `channels`."""
+
+    @_builtins.property
+    def column_rejections(self) -> _containers.RepeatedCompositeFieldContainer[_ingest_pb2.QuarantinedReading]:
+        """Whole columns kept out (unknown channel, incompatible unit, malformed column), each
+        with its reason and a detail naming the field; their readings are counted in `counts`
+        but not listed reading by reading.
+        """
+
+    @_builtins.property
+    def quarantined_at(self) -> _timestamp_pb2.Timestamp:
+        """When the server quarantined them."""
+
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        asset_type: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
+        counts: _abc.Iterable[_ingest_pb2.QuarantineCount] | None = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+        units: _abc.Iterable[_builtins.str] | None = ...,
+        timestamps_us_le: _builtins.bytes = ...,
+        channel_index_le: _builtins.bytes = ...,
+        reasons: _builtins.bytes = ...,
+        values_f64_le: _builtins.bytes = ...,
+        column_rejections: _abc.Iterable[_ingest_pb2.QuarantinedReading] | None = ...,
+        unlisted_count: _builtins.int = ...,
+        accepted_count: _builtins.int = ...,
+        quarantined_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quarantined_at", b"quarantined_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "asset_id", b"asset_id", "asset_type", b"asset_type", "batch_id", b"batch_id", "channel_index_le", b"channel_index_le", "channels", b"channels", "column_rejections", b"column_rejections", "counts", b"counts", "quarantined_at", b"quarantined_at", "reasons", b"reasons", "timestamps_us_le", b"timestamps_us_le", "units", b"units", "unlisted_count", b"unlisted_count", "values_f64_le", b"values_f64_le"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedBatch: _TypeAlias = QuarantinedBatch  # noqa: Y015
+
+@_typing.final
 class DatasetSnapshotCreated(_message.Message):
     """DatasetSnapshotCreated: a dataset snapshot was frozen."""
 

@@ -32,22 +32,28 @@ class _QuarantineReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quar
     QUARANTINE_REASON_UNSPECIFIED: _QuarantineReason.ValueType  # 0
     """Not used."""
     QUARANTINE_REASON_MALFORMED: _QuarantineReason.ValueType  # 1
-    """The batch or row cannot be read: column lengths differ, a byte column's length is not
-    a multiple of its width, more than one value encoding is set, a value is infinite, or
-    a file row does not parse.
+    """The column or row cannot be read: its length differs from the timestamps', a byte
+    column's length is not a multiple of its width, more than one value encoding is set,
+    the channel is given twice, or a file row does not parse.
     """
     QUARANTINE_REASON_OUT_OF_RANGE: _QuarantineReason.ValueType  # 2
     """The value is outside the channel's [min_value, max_value]."""
     QUARANTINE_REASON_DUPLICATE: _QuarantineReason.ValueType  # 3
-    """A reading for this asset, channel and timestamp is already stored (with another batch id)."""
+    """A second row with the same timestamp in one batch (the first is kept)."""
     QUARANTINE_REASON_LATE: _QuarantineReason.ValueType  # 4
-    """The timestamp is older than the accepted lateness or too far in the future."""
+    """The timestamp is further behind the asset's newest reading than the accepted lateness."""
     QUARANTINE_REASON_UNKNOWN_ASSET: _QuarantineReason.ValueType  # 5
     """The asset is not registered."""
     QUARANTINE_REASON_UNKNOWN_CHANNEL: _QuarantineReason.ValueType  # 6
     """The channel is not part of the asset's type."""
     QUARANTINE_REASON_INCOMPATIBLE_UNIT: _QuarantineReason.ValueType  # 7
     """The column's unit cannot be converted to the channel's canonical unit."""
+    QUARANTINE_REASON_NOT_A_NUMBER: _QuarantineReason.ValueType  # 8
+    """The value is NaN."""
+    QUARANTINE_REASON_INFINITE: _QuarantineReason.ValueType  # 9
+    """The value is infinite."""
+    QUARANTINE_REASON_FUTURE: _QuarantineReason.ValueType  # 10
+    """The timestamp is further ahead of the server's clock than the clock skew it tolerates."""
 
 class QuarantineReason(_QuarantineReason, metaclass=_QuarantineReasonEnumTypeWrapper):
     """QuarantineReason says why a reading was not accepted."""
@@ -55,22 +61,28 @@ class QuarantineReason(_QuarantineReason, metaclass=_QuarantineReasonEnumTypeWra
 QUARANTINE_REASON_UNSPECIFIED: QuarantineReason.ValueType  # 0
 """Not used."""
 QUARANTINE_REASON_MALFORMED: QuarantineReason.ValueType  # 1
-"""The batch or row cannot be read: column lengths differ, a byte column's length is not
-a multiple of its width, more than one value encoding is set, a value is infinite, or
-a file row does not parse.
+"""The column or row cannot be read: its length differs from the timestamps', a byte
+column's length is not a multiple of its width, more than one value encoding is set,
+the channel is given twice, or a file row does not parse.
 """
 QUARANTINE_REASON_OUT_OF_RANGE: QuarantineReason.ValueType  # 2
 """The value is outside the channel's [min_value, max_value]."""
 QUARANTINE_REASON_DUPLICATE: QuarantineReason.ValueType  # 3
-"""A reading for this asset, channel and timestamp is already stored (with another batch id)."""
+"""A second row with the same timestamp in one batch (the first is kept)."""
 QUARANTINE_REASON_LATE: QuarantineReason.ValueType  # 4
-"""The timestamp is older than the accepted lateness or too far in the future."""
+"""The timestamp is further behind the asset's newest reading than the accepted lateness."""
 QUARANTINE_REASON_UNKNOWN_ASSET: QuarantineReason.ValueType  # 5
 """The asset is not registered."""
 QUARANTINE_REASON_UNKNOWN_CHANNEL: QuarantineReason.ValueType  # 6
 """The channel is not part of the asset's type."""
 QUARANTINE_REASON_INCOMPATIBLE_UNIT: QuarantineReason.ValueType  # 7
 """The column's unit cannot be converted to the channel's canonical unit."""
+QUARANTINE_REASON_NOT_A_NUMBER: QuarantineReason.ValueType  # 8
+"""The value is NaN."""
+QUARANTINE_REASON_INFINITE: QuarantineReason.ValueType  # 9
+"""The value is infinite."""
+QUARANTINE_REASON_FUTURE: QuarantineReason.ValueType  # 10
+"""The timestamp is further ahead of the server's clock than the clock skew it tolerates."""
 Global___QuarantineReason: _TypeAlias = QuarantineReason  # noqa: Y015
 
 class _TelemetryFileFormat:
@@ -85,6 +97,14 @@ class _TelemetryFileFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_T
     """Delimited text, UTF-8 (a byte order mark is ignored); see TelemetryFileHeader.delimiter."""
     TELEMETRY_FILE_FORMAT_JSONL: _TelemetryFileFormat.ValueType  # 2
     """One JSON object per line, UTF-8; the columns are the object's top-level keys."""
+    TELEMETRY_FILE_FORMAT_CMAPSS: _TelemetryFileFormat.ValueType  # 3
+    """NASA C-MAPSS run-to-failure text (train_FD001.txt and kin): unit, cycle, 3 settings and
+    21 sensors per line, separated by spaces. Each unit becomes asset
+    "<register_in_plant>-unit-<n>" of the built-in "turbofan" asset type (registered when
+    missing), cycle c is read at `cycle_origin + c * cycle_duration` (default origin
+    2020-01-01T00:00:00Z, default duration one hour), and each unit's last cycle is recorded
+    as a confirmed failure. The column, time and delimiter fields of the header are ignored.
+    """
 
 class TelemetryFileFormat(_TelemetryFileFormat, metaclass=_TelemetryFileFormatEnumTypeWrapper):
     """TelemetryFileFormat is the syntax of an uploaded file."""
@@ -95,6 +115,14 @@ TELEMETRY_FILE_FORMAT_CSV: TelemetryFileFormat.ValueType  # 1
 """Delimited text, UTF-8 (a byte order mark is ignored); see TelemetryFileHeader.delimiter."""
 TELEMETRY_FILE_FORMAT_JSONL: TelemetryFileFormat.ValueType  # 2
 """One JSON object per line, UTF-8; the columns are the object's top-level keys."""
+TELEMETRY_FILE_FORMAT_CMAPSS: TelemetryFileFormat.ValueType  # 3
+"""NASA C-MAPSS run-to-failure text (train_FD001.txt and kin): unit, cycle, 3 settings and
+21 sensors per line, separated by spaces. Each unit becomes asset
+"<register_in_plant>-unit-<n>" of the built-in "turbofan" asset type (registered when
+missing), cycle c is read at `cycle_origin + c * cycle_duration` (default origin
+2020-01-01T00:00:00Z, default duration one hour), and each unit's last cycle is recorded
+as a confirmed failure. The column, time and delimiter fields of the header are ignored.
+"""
 Global___TelemetryFileFormat: _TypeAlias = TelemetryFileFormat  # noqa: Y015
 
 class _TimeColumnKind:
@@ -593,6 +621,58 @@ class RegisterAssetResponse(_message.Message):
 Global___RegisterAssetResponse: _TypeAlias = RegisterAssetResponse  # noqa: Y015
 
 @_typing.final
+class RegisterAssetsRequest(_message.Message):
+    """RegisterAssetsRequest declares many machines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisterAssetRequest]:
+        """The assets, each as for RegisterAsset; asset ids must be distinct."""
+
+    def __init__(
+        self,
+        *,
+        assets: _abc.Iterable[Global___RegisterAssetRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAssetsRequest: _TypeAlias = RegisterAssetsRequest  # noqa: Y015
+
+@_typing.final
+class RegisterAssetsResponse(_message.Message):
+    """RegisterAssetsResponse returns the assets as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSETS_FIELD_NUMBER: _builtins.int
+    REGISTERED_COUNT_FIELD_NUMBER: _builtins.int
+    registered_count: _builtins.int
+    """How many of them were registered by this call (the others already were)."""
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]:
+        """Every asset of the request, in the request's order, as stored."""
+
+    def __init__(
+        self,
+        *,
+        assets: _abc.Iterable[Global___Asset] | None = ...,
+        registered_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "registered_count", b"registered_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAssetsResponse: _TypeAlias = RegisterAssetsResponse  # noqa: Y015
+
+@_typing.final
 class GetAssetRequest(_message.Message):
     """GetAssetRequest names the asset to read."""
 
@@ -653,8 +733,24 @@ class TelemetryBatch(_message.Message):
     raw little-endian int64, 8 bytes each, which most array libraries produce without a
     copy). The same holds for each channel's values (see ChannelColumn).
 
-    TelemetryBatch is also the message body on the telemetry JetStream stream: accepted
-    telemetry is not wrapped in an Envelope.
+    TelemetryBatch is also the message body on the TELEMETRY JetStream stream: accepted
+    telemetry is not wrapped in an Envelope. What the ingest service publishes there is
+    normalised, so consumers (inference, the archive) need no validation of their own:
+
+    - subject `telemetry.<asset_type>.<asset token>`, where the token is the asset id with
+      every character other than ASCII letters, digits, '-' and '_' written as `%XX` (the
+      UTF-8 bytes in upper-case hex), e.g. "plant-1/engine-42" -> "plant-1%2Fengine-42";
+    - headers `Nats-Msg-Id: <asset_id>:<batch_id>` and `Prognos-Watermark-Us: <n>`, the
+      newest reading time accepted for the asset up to and including this batch;
+    - `asset_type` is set; `timestamps_us_le` holds the accepted rows, strictly ascending;
+    - every column is `values_f64_le` in the channel's canonical unit (`unit` names it),
+      aligned with the timestamps; NaN marks a reading of a kept row that was quarantined
+      (or not sent); a row is kept while any of its readings is good;
+    - `quarantined_count` is the number of readings of the sent batch that were quarantined.
+
+    One asset's batches are on the stream in the order they were accepted, which is not
+    always time order: data up to the server's lateness bound behind the asset's watermark
+    is accepted late. A consumer that needs time order sorts within that bound.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -664,6 +760,8 @@ class TelemetryBatch(_message.Message):
     TIMESTAMPS_US_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_US_LE_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    QUARANTINED_COUNT_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Client-chosen identifier of this batch, unique per asset (a UUID or
     "<gateway>-<sequence>"). A batch re-sent with the same id is not stored twice.
@@ -673,6 +771,12 @@ class TelemetryBatch(_message.Message):
     timestamps_us_le: _builtins.bytes
     """Reading times as raw little-endian int64 microseconds since the Unix epoch, 8 bytes
     per row. Set this or `timestamps_us`, not both.
+    """
+    asset_type: _builtins.str
+    """Set by the server on the telemetry stream: the asset's type. Ignored when sent."""
+    quarantined_count: _builtins.int
+    """Set by the server on the telemetry stream: readings of the sent batch that were
+    quarantined. Ignored when sent.
     """
     @_builtins.property
     def timestamps_us(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -694,10 +798,12 @@ class TelemetryBatch(_message.Message):
         timestamps_us: _abc.Iterable[_builtins.int] | None = ...,
         timestamps_us_le: _builtins.bytes = ...,
         channels: _abc.Iterable[Global___ChannelColumn] | None = ...,
+        asset_type: _builtins.str = ...,
+        quarantined_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "batch_id", b"batch_id", "channels", b"channels", "timestamps_us", b"timestamps_us", "timestamps_us_le", b"timestamps_us_le"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "batch_id", b"batch_id", "channels", b"channels", "quarantined_count", b"quarantined_count", "timestamps_us", b"timestamps_us", "timestamps_us_le", b"timestamps_us_le"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -707,8 +813,10 @@ Global___TelemetryBatch: _TypeAlias = TelemetryBatch  # noqa: Y015
 class ChannelColumn(_message.Message):
     """ChannelColumn is the values of one sensor channel for every row of a TelemetryBatch.
     Exactly one of `values`, `values_f64_le` and `values_f32_le` is set, holding N numbers
-    (N = number of timestamps). A NaN value means "no reading at this row" and is skipped;
-    it is neither accepted nor quarantined.
+    (N = number of timestamps). A NaN is not a reading: it is quarantined as
+    QUARANTINE_REASON_NOT_A_NUMBER (send a channel whose rate differs in batches of its own).
+    A column that cannot be read (wrong length, several encodings, a repeated name) is
+    quarantined as QUARANTINE_REASON_MALFORMED while the other columns go on.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1107,16 +1215,21 @@ class UploadTelemetryFileResponse(_message.Message):
     ASSET_IDS_FIELD_NUMBER: _builtins.int
     LABEL_COUNT_FIELD_NUMBER: _builtins.int
     SAMPLE_REJECTIONS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     content_hash: _builtins.str
     """SHA-256 of the uploaded bytes, as "sha256:<hex>"."""
     row_count: _builtins.int
     """Number of data rows read."""
     accepted_count: _builtins.int
-    """Number of readings (one channel value at one time) stored."""
+    """Number of readings (one channel value at one time) stored by this upload."""
     quarantined_count: _builtins.int
     """Number of readings quarantined."""
     label_count: _builtins.int
-    """Number of outcome labels recorded from the file."""
+    """Number of outcome labels the file holds (recorded once, however often it is uploaded)."""
+    duplicate_count: _builtins.int
+    """Number of readings already stored by an earlier upload of the same file (its batches
+    were recognised as duplicates and not stored again).
+    """
     @_builtins.property
     def asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Identifiers of the assets that received readings, sorted."""
@@ -1135,10 +1248,11 @@ class UploadTelemetryFileResponse(_message.Message):
         asset_ids: _abc.Iterable[_builtins.str] | None = ...,
         label_count: _builtins.int = ...,
         sample_rejections: _abc.Iterable[Global___QuarantinedReading] | None = ...,
+        duplicate_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "asset_ids", b"asset_ids", "content_hash", b"content_hash", "label_count", b"label_count", "quarantined_count", b"quarantined_count", "row_count", b"row_count", "sample_rejections", b"sample_rejections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "asset_ids", b"asset_ids", "content_hash", b"content_hash", "duplicate_count", b"duplicate_count", "label_count", b"label_count", "quarantined_count", b"quarantined_count", "row_count", b"row_count", "sample_rejections", b"sample_rejections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1220,7 +1334,16 @@ Global___ListQuarantineResponse: _TypeAlias = ListQuarantineResponse  # noqa: Y0
 
 @_typing.final
 class DatasetFile(_message.Message):
-    """DatasetFile is one file of a dataset snapshot."""
+    """DatasetFile is one file of a dataset snapshot: an immutable Parquet file of the archive.
+
+    A telemetry file holds the readings of one asset on one UTC day, sorted by time, with the
+    columns `time` (timestamp[us, UTC]), `asset_id` (string), `batch_id` (string),
+    `stream_sequence` (int64, the TELEMETRY stream sequence of the batch) and one float64
+    column per channel of the asset type, in its canonical unit (NaN: no good reading).
+    Several files may cover one asset and day (data that arrived later): read them all and
+    sort by time. A labels file holds the columns `time` (timestamp[us, UTC]), `asset_id`,
+    `asset_type`, `failure_confirmed` (bool), `source`, `failure_mode` and `event_id`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1229,8 +1352,13 @@ class DatasetFile(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    MIN_TIME_FIELD_NUMBER: _builtins.int
+    MAX_TIME_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Path relative to the archive root, e.g. "telemetry/asset=engine-7/day=2026-03-01.parquet"."""
+    """Path relative to the snapshot's `root_uri`, e.g.
+    "telemetry/asset_type=turbofan/asset=p1-unit-7/day=2020-01-01/part-000000000001-000000000040.parquet".
+    """
     content_hash: _builtins.str
     """SHA-256 of the file's bytes, as "sha256:<hex>"."""
     row_count: _builtins.int
@@ -1239,6 +1367,16 @@ class DatasetFile(_message.Message):
     """Size of the file in bytes."""
     kind: Global___DatasetFileKind.ValueType
     """What the file holds."""
+    asset_id: _builtins.str
+    """The asset whose readings or labels the file holds."""
+    @_builtins.property
+    def min_time(self) -> _timestamp_pb2.Timestamp:
+        """Time of the file's first row."""
+
+    @_builtins.property
+    def max_time(self) -> _timestamp_pb2.Timestamp:
+        """Time of the file's last row."""
+
     def __init__(
         self,
         *,
@@ -1247,10 +1385,13 @@ class DatasetFile(_message.Message):
         row_count: _builtins.int = ...,
         size_bytes: _builtins.int = ...,
         kind: Global___DatasetFileKind.ValueType = ...,
+        asset_id: _builtins.str = ...,
+        min_time: _timestamp_pb2.Timestamp | None = ...,
+        max_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_time", b"max_time", "min_time", b"min_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "kind", b"kind", "path", b"path", "row_count", b"row_count", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "content_hash", b"content_hash", "kind", b"kind", "max_time", b"max_time", "min_time", b"min_time", "path", b"path", "row_count", b"row_count", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1274,6 +1415,7 @@ class DatasetSnapshot(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    ROOT_URI_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     name: _builtins.str
@@ -1288,6 +1430,11 @@ class DatasetSnapshot(_message.Message):
     """Total rows of the telemetry files."""
     created_by: _builtins.str
     """Principal that created it."""
+    root_uri: _builtins.str
+    """Where the archive lives, e.g. "file:///var/lib/prognos/archive"; each file is at
+    `<root_uri>/<path>`. Readers check each file against its `content_hash` and keep only
+    the rows of the snapshot's assets and time range.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the covered time range (inclusive); unset for "from the beginning"."""
@@ -1317,10 +1464,11 @@ class DatasetSnapshot(_message.Message):
         row_count: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
+        root_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "content_hash", b"content_hash", "created_at", b"created_at", "created_by", b"created_by", "end_time", b"end_time", "files", b"files", "id", b"id", "name", b"name", "row_count", b"row_count", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "content_hash", b"content_hash", "created_at", b"created_at", "created_by", b"created_by", "end_time", b"end_time", "files", b"files", "id", b"id", "name", b"name", "root_uri", b"root_uri", "row_count", b"row_count", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

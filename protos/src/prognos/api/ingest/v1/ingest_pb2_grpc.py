@@ -67,6 +67,11 @@ class IngestServiceStub:
                 request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetResponse.FromString,
                 _registered_method=True)
+        self.RegisterAssets = channel.unary_unary(
+                '/prognos.api.ingest.v1.IngestService/RegisterAssets',
+                request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsResponse.FromString,
+                _registered_method=True)
         self.GetAsset = channel.unary_unary(
                 '/prognos.api.ingest.v1.IngestService/GetAsset',
                 request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.GetAssetRequest.SerializeToString,
@@ -148,6 +153,16 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterAssets(self, request, context):
+        """RegisterAssets declares many machines at once (a plant's fleet), in one transaction:
+        all of them are registered or none. An asset already registered with the same plant,
+        asset type and ERP id is left as it is; one registered differently fails the call with
+        ALREADY_EXISTS. At most 10,000 assets per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAsset(self, request, context):
         """GetAsset returns one asset and its current version. NOT_FOUND if unknown.
         """
@@ -161,16 +176,26 @@ class IngestServiceServicer:
         readings never end the stream; they are quarantined and counted in the receipt. Keep
         a bounded number of batches in flight (for example 8) and resend a batch with the
         same `batch_id` when its receipt did not arrive before a disconnect: the resend is
-        recognised as a duplicate and stored only once.
+        recognised as a duplicate and stored only once, however late it comes.
+
+        Receipts come in the order of the batches. A batch that cannot be read at all (no
+        batch id, no timestamps, a timestamp column of the wrong byte length, more rows than
+        the server accepts) ends the stream with INVALID_ARGUMENT whose BadRequest names the
+        field, prefixed with the batch's position in the stream (`batches[12].timestamps_us`);
+        every batch before it has its receipt. When the telemetry store is slow the server
+        stops reading (gRPC flow control slows the sender); when it does not recover within
+        the server's stall timeout the stream ends with UNAVAILABLE and a RetryInfo: resend
+        every batch without a receipt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadTelemetryFile(self, request_iterator, context):
-        """UploadTelemetryFile imports a CSV or JSON-lines file: first one message with the
-        header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
-        comes after the whole file has been validated and stored.
+        """UploadTelemetryFile imports a CSV, JSON-lines or C-MAPSS file: first one message with
+        the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
+        comes after the whole file has been validated and stored. The file's batches get ids
+        derived from its content hash, so uploading the same file again stores nothing twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +251,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.RegisterAsset,
                     request_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetRequest.FromString,
                     response_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetResponse.SerializeToString,
+            ),
+            'RegisterAssets': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterAssets,
+                    request_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsResponse.SerializeToString,
             ),
             'GetAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAsset,
@@ -401,6 +431,33 @@ class IngestService:
             '/prognos.api.ingest.v1.IngestService/RegisterAsset',
             prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetRequest.SerializeToString,
             prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAssets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.ingest.v1.IngestService/RegisterAssets',
+            prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsRequest.SerializeToString,
+            prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.RegisterAssetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

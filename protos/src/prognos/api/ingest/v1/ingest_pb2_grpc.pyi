@@ -59,6 +59,12 @@ class IngestServiceStub:
     """RegisterAsset declares one machine of a known asset type in a plant. Telemetry for an
     unregistered asset is quarantined with QUARANTINE_REASON_UNKNOWN_ASSET.
     """
+    RegisterAssets: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RegisterAssetsRequest, _ingest_pb2.RegisterAssetsResponse]
+    """RegisterAssets declares many machines at once (a plant's fleet), in one transaction:
+    all of them are registered or none. An asset already registered with the same plant,
+    asset type and ERP id is left as it is; one registered differently fails the call with
+    ALREADY_EXISTS. At most 10,000 assets per call.
+    """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetAssetRequest, _ingest_pb2.GetAssetResponse]
     """GetAsset returns one asset and its current version. NOT_FOUND if unknown."""
     StreamTelemetry: _grpc.StreamStreamMultiCallable[_ingest_pb2.StreamTelemetryRequest, _ingest_pb2.StreamTelemetryResponse]
@@ -67,12 +73,22 @@ class IngestServiceStub:
     readings never end the stream; they are quarantined and counted in the receipt. Keep
     a bounded number of batches in flight (for example 8) and resend a batch with the
     same `batch_id` when its receipt did not arrive before a disconnect: the resend is
-    recognised as a duplicate and stored only once.
+    recognised as a duplicate and stored only once, however late it comes.
+
+    Receipts come in the order of the batches. A batch that cannot be read at all (no
+    batch id, no timestamps, a timestamp column of the wrong byte length, more rows than
+    the server accepts) ends the stream with INVALID_ARGUMENT whose BadRequest names the
+    field, prefixed with the batch's position in the stream (`batches[12].timestamps_us`);
+    every batch before it has its receipt. When the telemetry store is slow the server
+    stops reading (gRPC flow control slows the sender); when it does not recover within
+    the server's stall timeout the stream ends with UNAVAILABLE and a RetryInfo: resend
+    every batch without a receipt.
     """
     UploadTelemetryFile: _grpc.StreamUnaryMultiCallable[_ingest_pb2.UploadTelemetryFileRequest, _ingest_pb2.UploadTelemetryFileResponse]
-    """UploadTelemetryFile imports a CSV or JSON-lines file: first one message with the
-    header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
-    comes after the whole file has been validated and stored.
+    """UploadTelemetryFile imports a CSV, JSON-lines or C-MAPSS file: first one message with
+    the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
+    comes after the whole file has been validated and stored. The file's batches get ids
+    derived from its content hash, so uploading the same file again stores nothing twice.
     """
     ListQuarantine: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListQuarantineRequest, _ingest_pb2.ListQuarantineResponse]
     """ListQuarantine returns quarantined readings, newest first, with counts per asset and
@@ -114,6 +130,12 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """RegisterAsset declares one machine of a known asset type in a plant. Telemetry for an
     unregistered asset is quarantined with QUARANTINE_REASON_UNKNOWN_ASSET.
     """
+    RegisterAssets: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RegisterAssetsRequest, _ingest_pb2.RegisterAssetsResponse]  # type: ignore[assignment]
+    """RegisterAssets declares many machines at once (a plant's fleet), in one transaction:
+    all of them are registered or none. An asset already registered with the same plant,
+    asset type and ERP id is left as it is; one registered differently fails the call with
+    ALREADY_EXISTS. At most 10,000 assets per call.
+    """
     GetAsset: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetAssetRequest, _ingest_pb2.GetAssetResponse]  # type: ignore[assignment]
     """GetAsset returns one asset and its current version. NOT_FOUND if unknown."""
     StreamTelemetry: _aio.StreamStreamMultiCallable[_ingest_pb2.StreamTelemetryRequest, _ingest_pb2.StreamTelemetryResponse]  # type: ignore[assignment]
@@ -122,12 +144,22 @@ class IngestServiceAsyncStub(IngestServiceStub):
     readings never end the stream; they are quarantined and counted in the receipt. Keep
     a bounded number of batches in flight (for example 8) and resend a batch with the
     same `batch_id` when its receipt did not arrive before a disconnect: the resend is
-    recognised as a duplicate and stored only once.
+    recognised as a duplicate and stored only once, however late it comes.
+
+    Receipts come in the order of the batches. A batch that cannot be read at all (no
+    batch id, no timestamps, a timestamp column of the wrong byte length, more rows than
+    the server accepts) ends the stream with INVALID_ARGUMENT whose BadRequest names the
+    field, prefixed with the batch's position in the stream (`batches[12].timestamps_us`);
+    every batch before it has its receipt. When the telemetry store is slow the server
+    stops reading (gRPC flow control slows the sender); when it does not recover within
+    the server's stall timeout the stream ends with UNAVAILABLE and a RetryInfo: resend
+    every batch without a receipt.
     """
     UploadTelemetryFile: _aio.StreamUnaryMultiCallable[_ingest_pb2.UploadTelemetryFileRequest, _ingest_pb2.UploadTelemetryFileResponse]  # type: ignore[assignment]
-    """UploadTelemetryFile imports a CSV or JSON-lines file: first one message with the
-    header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
-    comes after the whole file has been validated and stored.
+    """UploadTelemetryFile imports a CSV, JSON-lines or C-MAPSS file: first one message with
+    the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
+    comes after the whole file has been validated and stored. The file's batches get ids
+    derived from its content hash, so uploading the same file again stores nothing twice.
     """
     ListQuarantine: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListQuarantineRequest, _ingest_pb2.ListQuarantineResponse]  # type: ignore[assignment]
     """ListQuarantine returns quarantined readings, newest first, with counts per asset and
@@ -198,6 +230,18 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RegisterAssets(
+        self,
+        request: _ingest_pb2.RegisterAssetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RegisterAssetsResponse, _abc.Awaitable[_ingest_pb2.RegisterAssetsResponse]]:
+        """RegisterAssets declares many machines at once (a plant's fleet), in one transaction:
+        all of them are registered or none. An asset already registered with the same plant,
+        asset type and ERP id is left as it is; one registered differently fails the call with
+        ALREADY_EXISTS. At most 10,000 assets per call.
+        """
+
+    @_abc_1.abstractmethod
     def GetAsset(
         self,
         request: _ingest_pb2.GetAssetRequest,
@@ -216,7 +260,16 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         readings never end the stream; they are quarantined and counted in the receipt. Keep
         a bounded number of batches in flight (for example 8) and resend a batch with the
         same `batch_id` when its receipt did not arrive before a disconnect: the resend is
-        recognised as a duplicate and stored only once.
+        recognised as a duplicate and stored only once, however late it comes.
+
+        Receipts come in the order of the batches. A batch that cannot be read at all (no
+        batch id, no timestamps, a timestamp column of the wrong byte length, more rows than
+        the server accepts) ends the stream with INVALID_ARGUMENT whose BadRequest names the
+        field, prefixed with the batch's position in the stream (`batches[12].timestamps_us`);
+        every batch before it has its receipt. When the telemetry store is slow the server
+        stops reading (gRPC flow control slows the sender); when it does not recover within
+        the server's stall timeout the stream ends with UNAVAILABLE and a RetryInfo: resend
+        every batch without a receipt.
         """
 
     @_abc_1.abstractmethod
@@ -225,9 +278,10 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_ingest_pb2.UploadTelemetryFileRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.UploadTelemetryFileResponse, _abc.Awaitable[_ingest_pb2.UploadTelemetryFileResponse]]:
-        """UploadTelemetryFile imports a CSV or JSON-lines file: first one message with the
-        header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
-        comes after the whole file has been validated and stored.
+        """UploadTelemetryFile imports a CSV, JSON-lines or C-MAPSS file: first one message with
+        the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
+        comes after the whole file has been validated and stored. The file's batches get ids
+        derived from its content hash, so uploading the same file again stores nothing twice.
         """
 
     @_abc_1.abstractmethod

@@ -104,6 +104,22 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     webhook_max_backoff_s: float = 300.0
     webhook_poll_s: float = 1.0
+    # Telemetry intake (ingest): how late and how far ahead a reading may be, the largest
+    # batch, how many batches one stream keeps in flight to JetStream, how long a stalled
+    # JetStream is waited for before the stream fails with UNAVAILABLE, and how often open
+    # streams write their audit rollup.
+    telemetry_max_lateness_s: float = 3600.0
+    telemetry_max_future_s: float = 300.0
+    telemetry_max_rows: int = 50_000
+    telemetry_window: int = 64
+    telemetry_stall_timeout_s: float = 10.0
+    telemetry_audit_interval_s: float = 60.0
+    # Telemetry archive (ingest): Parquet files under archive_dir (default data_dir/archive),
+    # written when this many rows are buffered or the oldest buffered batch is this old.
+    archive_enabled: bool = True
+    archive_dir: Path | None = None
+    archive_flush_rows: int = 1_000_000
+    archive_flush_interval_s: float = 60.0
     # Fault injection for crash tests: "<point>:<n>" makes the relay SIGKILL itself at the
     # n-th pass through <point> ("after_commit" or "after_publish"). Never set in production.
     relay_crash_at: str | None = None
@@ -143,6 +159,11 @@ class Settings(BaseSettings):
     def effective_webhook_secrets_dir(self) -> Path:
         """Where the scheduler finds each webhook endpoint's shared secret file."""
         return self.webhook_secrets_dir or self.data_dir / "secrets" / "webhooks"
+
+    @property
+    def effective_archive_dir(self) -> Path:
+        """Where the telemetry archive's Parquet files live."""
+        return self.archive_dir or self.data_dir / "archive"
 
     @property
     def spans_dir(self) -> Path:

@@ -2,24 +2,86 @@
 
 from __future__ import annotations
 
-from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+import asyncio
+import logging
+
 from prognos.core.errors import InvalidArgumentError
 from prognos.core.service import Runtime
-from prognos.ingest.domain import AssetTypeInvalidError
-from prognos.ingest.grpc_api import IngestServicer
+from prognos.ingest import consumers
+from prognos.ingest.archive import Archiver
+from prognos.ingest.domain import AssetInvalidError, AssetTypeInvalidError, SnapshotInvalidError
+from prognos.ingest.files import FileImporter
+from prognos.ingest.formats import FileFormatError
+from prognos.ingest.grpc_api import SERVICE_NAME, IngestServicer, add_ingest_service
+from prognos.ingest.intake import Catalog, Intake
+from prognos.ingest.quarantine import QuarantineRecorder
+from prognos.ingest.validation import BatchRejectedError
+
+log = logging.getLogger(__name__)
 
 STREAM = "INGEST"
+_CATALOG_REFRESH_S = 2.0
+
+
+def _invalid(reason: str) -> object:
+    return lambda e: InvalidArgumentError([(e.field, e.description)], reason=reason)
+
 
 TRANSLATORS = {
-    AssetTypeInvalidError: lambda e: InvalidArgumentError(
-        [(e.field, e.description)], reason="ASSET_TYPE_INVALID"
+    AssetTypeInvalidError: _invalid("ASSET_TYPE_INVALID"),
+    AssetInvalidError: _invalid("ASSET_INVALID"),
+    SnapshotInvalidError: _invalid("SNAPSHOT_INVALID"),
+    FileFormatError: _invalid("FILE_UNREADABLE"),
+    BatchRejectedError: lambda e: InvalidArgumentError(
+        [(v.field, v.description) for v in e.violations], reason="BATCH_UNREADABLE"
     ),
 }
 
 
 async def build(runtime: Runtime) -> None:
+    settings = runtime.settings
+    catalog = Catalog(runtime.store)
+    intake = Intake(settings, runtime.store, runtime.js, catalog)
+    await intake.start(runtime.nc.max_payload)
+
+    archiver: Archiver | None = None
+    if settings.archive_enabled:
+        archiver = Archiver(
+            runtime.store,
+            runtime.js,
+            settings.effective_archive_dir,
+            catalog,
+            flush_rows=settings.archive_flush_rows,
+            flush_interval_s=settings.archive_flush_interval_s,
+        )
+        runtime.background.append(archiver.run)
+        runtime.server.on_shutdown(archiver.stop)
+    on_label = archiver.labels_recorded if archiver else (lambda: None)
+    files = FileImporter(
+        runtime.store,
+        intake,
+        settings.data_dir / "uploads",
+        window=settings.telemetry_window,
+        stall_timeout_s=settings.telemetry_stall_timeout_s,
+        on_labels=on_label,
+    )
+    recorder = QuarantineRecorder(runtime.store, runtime.js, catalog)
+    runtime.background.append(recorder.run)
+    runtime.server.on_shutdown(recorder.stop)
+    for sub in consumers.subscriptions(on_label):
+        runtime.subscribe(sub)
+
+    async def refresh_catalog() -> None:
+        while True:
+            await asyncio.sleep(_CATALOG_REFRESH_S)
+            try:
+                await catalog.refresh_types()
+            except Exception:
+                log.warning("refreshing the asset types failed", exc_info=True)
+
+    runtime.background.append(refresh_catalog)
     runtime.server.add_service(
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-        IngestServicer(runtime.store),
-        ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+        add_ingest_service,
+        IngestServicer(settings, runtime.store, runtime.js, intake, files, archiver),
+        SERVICE_NAME,
     )

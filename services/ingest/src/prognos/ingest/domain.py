@@ -121,3 +121,174 @@ class AssetType:
         for event in events:
             asset_type.apply(event)
         return asset_type
+
+
+# --- assets --------------------------------------------------------------------------------
+
+_MAX_ID_LENGTH = 200
+
+
+class AssetInvalidError(ValueError):
+    """An asset declaration breaks a rule; ``field`` names the offending field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    """One machine: its id, its plant and its type."""
+
+    asset_id: str
+    plant: str
+    asset_type: str
+    erp_id: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Whether an asset failed at a time: a label for training."""
+
+    time_us: int
+    failure_confirmed: bool
+    source: str
+    failure_mode: str = ""
+
+
+@dataclass(frozen=True)
+class AssetRegistered(DomainEvent):
+    spec: AssetSpec
+    registered_at_us: int
+
+
+@dataclass(frozen=True)
+class OutcomeRecorded(DomainEvent):
+    asset_id: str
+    asset_type: str
+    outcome: Outcome
+
+
+def validate_asset(spec: AssetSpec) -> None:
+    """Raise ``AssetInvalidError`` naming the first field that breaks a rule."""
+    for name in ("asset_id", "plant"):
+        value = getattr(spec, name)
+        if not value or not value.strip():
+            raise AssetInvalidError(name, "must not be empty")
+        if len(value) > _MAX_ID_LENGTH or not value.isprintable() or value != value.strip():
+            raise AssetInvalidError(
+                name, f"at most {_MAX_ID_LENGTH} printable characters, no surrounding spaces"
+            )
+    if ":" in spec.asset_id:
+        raise AssetInvalidError("asset_id", "must not contain ':'")
+    if not spec.asset_type:
+        raise AssetInvalidError("asset_type", "must name a registered asset type")
+
+
+@dataclass
+class Asset:
+    """The asset aggregate: its registration and the outcomes recorded for it."""
+
+    spec: AssetSpec
+    registered_at_us: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    version: int = 0
+    pending: list[DomainEvent] = field(default_factory=list)
+
+    @classmethod
+    def register(cls, spec: AssetSpec, now_us: int) -> Asset:
+        validate_asset(spec)
+        asset = cls(spec=spec)
+        asset._record(AssetRegistered(spec=spec, registered_at_us=now_us))
+        return asset
+
+    def record_outcome(self, outcome: Outcome) -> bool:
+        """Record a label; False when the same label (time, verdict, source) is known."""
+        for known in self.outcomes:
+            if (known.time_us, known.failure_confirmed, known.source) == (
+                outcome.time_us,
+                outcome.failure_confirmed,
+                outcome.source,
+            ):
+                return False
+        self._record(OutcomeRecorded(self.spec.asset_id, self.spec.asset_type, outcome))
+        return True
+
+    def _record(self, event: DomainEvent) -> None:
+        self.apply(event)
+        self.pending.append(event)
+
+    def apply(self, event: DomainEvent) -> None:
+        if isinstance(event, AssetRegistered):
+            self.spec = event.spec
+            self.registered_at_us = event.registered_at_us
+        elif isinstance(event, OutcomeRecorded):
+            self.outcomes.append(event.outcome)
+        self.version += 1
+
+    @classmethod
+    def replay(cls, events: list[DomainEvent]) -> Asset:
+        first = events[0]
+        assert isinstance(first, AssetRegistered)
+        asset = cls(spec=first.spec)
+        for event in events:
+            asset.apply(event)
+        return asset
+
+
+# --- dataset snapshots ----------------------------------------------------------------------
+
+
+class SnapshotInvalidError(ValueError):
+    """A snapshot request breaks a rule; ``field`` names the offending field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """One archive file frozen into a snapshot."""
+
+    path: str
+    content_hash: str
+    row_count: int
+    size_bytes: int
+    kind: str  # "telemetry" or "labels"
+    asset_id: str
+    min_time_us: int
+    max_time_us: int
+
+
+@dataclass(frozen=True)
+class DatasetSnapshotCreated(DomainEvent):
+    snapshot_id: str
+    name: str
+    asset_type: str
+    asset_ids: tuple[str, ...]
+    start_us: int | None
+    end_us: int | None
+    files: tuple[SnapshotFile, ...]
+    content_hash: str
+    row_count: int
+    root_uri: str
+    created_at_us: int
+    created_by: str
+
+
+def snapshot_content_hash(files: tuple[SnapshotFile, ...]) -> str:
+    """SHA-256 over the sorted ``"<path> <content_hash>"`` lines, as ``sha256:<hex>``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in sorted(files, key=lambda f: f.path):
+        digest.update(f"{item.path} {item.content_hash}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def validate_snapshot_name(name: str) -> None:
+    if not name or len(name) > _MAX_ID_LENGTH or not name.isprintable() or name != name.strip():
+        raise SnapshotInvalidError("name", f"1 to {_MAX_ID_LENGTH} printable characters")

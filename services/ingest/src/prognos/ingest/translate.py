@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from prognos.api.ingest.v1 import ingest_pb2
-from prognos.ingest.domain import AssetTypeSpec, FailureHorizon, SensorChannel
+from prognos.api.ingest.v1 import events_pb2, ingest_pb2
+from prognos.ingest.domain import (
+    AssetSpec,
+    AssetTypeSpec,
+    DatasetSnapshotCreated,
+    FailureHorizon,
+    Outcome,
+    SensorChannel,
+)
+
+_KIND = {
+    "telemetry": ingest_pb2.DATASET_FILE_KIND_TELEMETRY,
+    "labels": ingest_pb2.DATASET_FILE_KIND_LABELS,
+}
 
 
 def spec_from_proto(message: ingest_pb2.AssetType) -> AssetTypeSpec:
@@ -58,4 +71,64 @@ def spec_to_proto(spec: AssetTypeSpec) -> ingest_pb2.AssetType:
         message.horizon.cycles = round(spec.horizon.value)
     else:
         message.horizon.duration.FromNanoseconds(round(spec.horizon.value * 3600 * 1e9))
+    return message
+
+
+def timestamp_us(value_us: int) -> Timestamp:
+    """A ``Timestamp`` of microseconds since the Unix epoch."""
+    stamp = Timestamp()
+    stamp.FromMicroseconds(int(value_us))
+    return stamp
+
+
+def asset_to_proto(spec: AssetSpec, registered_at_us: int) -> ingest_pb2.Asset:
+    return ingest_pb2.Asset(
+        asset_id=spec.asset_id,
+        plant=spec.plant,
+        asset_type=spec.asset_type,
+        erp_id=spec.erp_id,
+        registered_at=timestamp_us(registered_at_us),
+    )
+
+
+def outcome_to_proto(
+    asset_id: str, asset_type: str, outcome: Outcome
+) -> events_pb2.OutcomeLabelRecorded:
+    return events_pb2.OutcomeLabelRecorded(
+        asset_id=asset_id,
+        asset_type=asset_type,
+        time=timestamp_us(outcome.time_us),
+        failure_confirmed=outcome.failure_confirmed,
+        source=outcome.source,
+        failure_mode=outcome.failure_mode,
+    )
+
+
+def snapshot_to_proto(event: DatasetSnapshotCreated) -> ingest_pb2.DatasetSnapshot:
+    """The ``DatasetSnapshot`` message of a frozen snapshot."""
+    message = ingest_pb2.DatasetSnapshot(
+        id=event.snapshot_id,
+        name=event.name,
+        asset_type=event.asset_type,
+        content_hash=event.content_hash,
+        row_count=event.row_count,
+        created_at=timestamp_us(event.created_at_us),
+        created_by=event.created_by,
+        root_uri=event.root_uri,
+    )
+    if event.start_us is not None:
+        message.start_time.CopyFrom(timestamp_us(event.start_us))
+    if event.end_us is not None:
+        message.end_time.CopyFrom(timestamp_us(event.end_us))
+    for item in sorted(event.files, key=lambda f: f.path):
+        message.files.add(
+            path=item.path,
+            content_hash=item.content_hash,
+            row_count=item.row_count,
+            size_bytes=item.size_bytes,
+            kind=_KIND[item.kind],
+            asset_id=item.asset_id,
+            min_time=timestamp_us(item.min_time_us),
+            max_time=timestamp_us(item.max_time_us),
+        )
     return message

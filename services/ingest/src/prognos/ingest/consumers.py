@@ -1,0 +1,63 @@
+"""JetStream subscriptions of the ingest service: other services' outcome labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prognos.api.ingest.v1 import events_pb2
+from prognos.api.scheduler.v1 import events_pb2 as scheduler_events
+from prognos.core.bus import Subscription, subscription
+from prognos.ingest import adapters
+
+if TYPE_CHECKING:
+    from prognos.api.common.v1.envelope_pb2 import Envelope
+    from prognos.core.store import UnitOfWork
+
+#: The scheduler publishes maintenance outcomes under this subject; every event type on
+#: ``scheduler.>`` is looked at, so a label is found whichever subject carries it.
+OUTCOME_SUBJECT = "scheduler.outcome.recorded"
+
+
+def subscriptions(on_label: Callable[[], None]) -> list[Subscription]:
+    """Outcome labels from the scheduler, recorded once each for the archive."""
+
+    async def on_outcome_label(
+        uow: UnitOfWork, envelope: Envelope, event: events_pb2.OutcomeLabelRecorded
+    ) -> None:
+        await adapters.insert_label(
+            uow.conn,
+            event_id=envelope.id,
+            asset_id=event.asset_id,
+            asset_type=event.asset_type,
+            time_us=event.time.ToMicroseconds(),
+            failure_confirmed=event.failure_confirmed,
+            source=event.source or f"event:{envelope.id}",
+            failure_mode=event.failure_mode,
+        )
+        on_label()
+
+    async def on_maintenance_outcome(
+        uow: UnitOfWork, envelope: Envelope, event: scheduler_events.MaintenanceOutcomeRecorded
+    ) -> None:
+        await adapters.insert_label(
+            uow.conn,
+            event_id=envelope.id,
+            asset_id=event.asset_id,
+            asset_type=event.asset_type,
+            time_us=event.time.ToMicroseconds(),
+            failure_confirmed=event.failure_found,
+            source=f"work-order:{event.work_order_id}",
+            failure_mode=event.failure_mode,
+        )
+        on_label()
+
+    return [
+        subscription(
+            "SCHEDULER",
+            "ingest-on-outcome",
+            "scheduler.>",
+            (events_pb2.OutcomeLabelRecorded, on_outcome_label),
+            (scheduler_events.MaintenanceOutcomeRecorded, on_maintenance_outcome),
+        )
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from prognos.cli import ingest as ingest_commands
 from prognos.cli import launcher
 
 app = typer.Typer(
@@ -15,6 +16,10 @@ app = typer.Typer(
 
 app.command("up")(launcher.up)
 app.command("status")(launcher.status)
+app.command("ingest")(ingest_commands.ingest)
+app.add_typer(ingest_commands.import_app, name="import")
+app.command("quarantine")(ingest_commands.quarantine)
+app.add_typer(ingest_commands.snapshot_app, name="snapshot")
 
 if __name__ == "__main__":
     app()

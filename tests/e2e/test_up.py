@@ -15,9 +15,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from prognos.cli.certs import DevSecrets
 from prognos.core.config import SERVICES
 from prognos.core.natsserver import free_port, probe_nats
 from prognos.core.testing import wait_until
+from prognos.core.tls import channel_credentials
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 TINY = "tiny_grpc_service"
@@ -86,8 +88,11 @@ def _log(up: Up, service: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
+def _health(address: str, data_dir: Path) -> str:
+    # `prognos up` serves mutual TLS with the development CA it made in the data directory.
+    secrets = DevSecrets(data_dir / "secrets")
+    credentials = channel_credentials(secrets.ca_cert, secrets.client_cert, secrets.client_key)
+    with grpc.secure_channel(address, credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=2
         )
@@ -170,7 +175,7 @@ def _serves(up: Up, names: tuple[str, ...], timeout: float) -> None:
     assert [s["name"] for s in services] == list(names)
     assert len({s["address"] for s in services}) == len(names), "one port per service"
     for service in services:
-        assert _health(service["address"]) == "SERVING"
+        assert _health(service["address"], up.data_dir) == "SERVING"
         assert Path(service["log"]).is_file()
     nats_url = str(document["nats_url"])
     assert nats_url != "nats://127.0.0.1:4222" and probe_nats(nats_url)

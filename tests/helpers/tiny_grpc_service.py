@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from prognos.api.common.v1 import info_pb2, info_pb2_grpc
 from prognos.core.config import Settings
+from prognos.core.tls import server_credentials
 
 VERSION = "0.0.0+tiny"
 
@@ -76,7 +77,13 @@ async def serve(settings: Settings) -> int:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     info_pb2_grpc.add_InfoServiceServicer_to_server(_Info(settings.service), server)
-    server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    # Mutual TLS when the launcher configured it, as a real service serves.
+    credentials = server_credentials(settings)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     print(f"{settings.service}: serving on {settings.grpc_host}:{settings.grpc_port}", flush=True)

@@ -28,6 +28,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from prognos.cli.certs import DevSecrets, ensure_dev_secrets
 from prognos.core.config import SERVICES, Settings
 from prognos.core.natsserver import (
     NatsEndpoint,
@@ -37,6 +38,7 @@ from prognos.core.natsserver import (
     free_port,
     probe_nats,
 )
+from prognos.core.tls import channel_credentials, client_credentials
 
 __all__ = [
     "DEFAULT_SERVICES",
@@ -173,13 +175,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-async def check_service(address: str, timeout_s: float = 2.0) -> ServiceHealth:
+def _open(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def check_service(
+    address: str, timeout_s: float = 2.0, *, credentials: grpc.ChannelCredentials | None = None
+) -> ServiceHealth:
     """Ask a service for its overall health (``grpc.health.v1``) and its version.
 
-    The version comes from ``InfoService.GetInfo`` when the API ships it and the service
-    implements it; otherwise it is None. Each call waits at most ``timeout_s`` seconds.
+    The version comes from ``InfoService.GetInfo`` when the API ships it, the service
+    implements it and the credentials allow it; otherwise it is None. Each call waits at
+    most ``timeout_s`` seconds.
+
+    Args:
+        address: ``host:port``.
+        timeout_s: Seconds per call.
+        credentials: TLS (and token) credentials; plaintext when ``None``.
     """
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with _open(address, credentials) as channel:
         status = await _health(channel, timeout_s)
         version = await _version(channel, timeout_s) if status == "SERVING" else None
     return ServiceHealth(status, version)
@@ -235,6 +251,10 @@ class Launcher:
     ``PROGNOS_<SVC>_GRPC_HOST`` / ``_GRPC_PORT``, writing to ``<data_dir>/logs/<svc>.log``.
     A port configured for a service is used; otherwise a free one is picked.
 
+    Unless TLS or a token key is configured (production files), the launcher creates the
+    development secrets under ``<data_dir>/secrets`` (``ensure_dev_secrets``) and points
+    the children at them: mutual TLS, role tokens and signed audit checkpoints by default.
+
     Use it as an async context manager, or call :meth:`start` and, always, :meth:`stop`.
     Cancelling :meth:`start` is safe: :meth:`stop` still finds every child.
 
@@ -272,6 +292,8 @@ class Launcher:
         self._migrations: list[_Child] = []
         self._children: list[_Child] = []
         self._info: RunInfo | None = None
+        self._secrets: DevSecrets | None = None
+        self._probe_credentials: grpc.ChannelCredentials | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -287,6 +309,11 @@ class Launcher:
     def info(self) -> RunInfo | None:
         """What is running, once :meth:`start` succeeded."""
         return self._info
+
+    @property
+    def secrets(self) -> DevSecrets | None:
+        """The development secrets in use, once started; ``None`` with production files."""
+        return self._secrets
 
     async def __aenter__(self) -> Self:
         succeeded = False
@@ -327,6 +354,7 @@ class Launcher:
 
         addresses = self._assign_addresses()
         env = self._environment(self._nats.url, addresses)
+        env.update(self._credentials(addresses))
         await self._migrate(env)
         for spec in self._services:
             self._children.append(self._spawn(spec, "serve", env, truncate=False))
@@ -414,6 +442,22 @@ class Launcher:
             addresses[spec.name] = (configured.grpc_host, port)
         return addresses
 
+    def _credentials(self, addresses: dict[str, tuple[str, int]]) -> dict[str, str]:
+        """Set up TLS and tokens; return the variables that point the children at them."""
+        configured = self._settings
+        if configured.tls_enabled or configured.auth_public_key_file:
+            # Production files, passed on through the inherited environment.
+            self._probe_credentials = client_credentials(configured)
+            return {}
+        hosts = sorted({host for host, _ in addresses.values()})
+        self._secrets = ensure_dev_secrets(
+            configured.secrets_dir, [spec.name for spec in self._services], hosts=hosts
+        )
+        self._probe_credentials = channel_credentials(
+            self._secrets.ca_cert, self._secrets.client_cert, self._secrets.client_key
+        )
+        return self._secrets.service_environment(spec.name for spec in self._services)
+
     def _environment(self, nats_url: str, addresses: dict[str, tuple[str, int]]) -> dict[str, str]:
         # Children inherit the launcher's environment, so any PROGNOS_* the user set applies.
         env = dict(os.environ)
@@ -472,7 +516,7 @@ class Launcher:
 
     async def _wait_serving(self, addresses: dict[str, tuple[str, int]]) -> None:
         channels = {
-            name: grpc.aio.insecure_channel(f"{host}:{port}")
+            name: _open(f"{host}:{port}", self._probe_credentials)
             for name, (host, port) in addresses.items()
         }
         try:
@@ -670,7 +714,15 @@ def up(
 
 
 async def _check_all(info: RunInfo, timeout_s: float) -> list[ServiceHealth]:
-    return list(await asyncio.gather(*(check_service(s.address, timeout_s) for s in info.services)))
+    from prognos.cli.client import credentials_for, secrets_of
+
+    # Health is open to any TLS client; the version (InfoService) needs a token.
+    credentials = credentials_for(secrets_of(info), role="auditor")
+    return list(
+        await asyncio.gather(
+            *(check_service(s.address, timeout_s, credentials=credentials) for s in info.services)
+        )
+    )
 
 
 def status(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from prognos.cli import certs, launcher, tokens
 from prognos.cli import ingest as ingest_commands
-from prognos.cli import launcher
 
 app = typer.Typer(
     name="prognos",
@@ -16,6 +16,8 @@ app = typer.Typer(
 
 app.command("up")(launcher.up)
 app.command("status")(launcher.status)
+app.command("certs")(certs.certs)
+app.add_typer(tokens.app, name="token")
 app.command("ingest")(ingest_commands.ingest)
 app.add_typer(ingest_commands.import_app, name="import")
 app.command("quarantine")(ingest_commands.quarantine)

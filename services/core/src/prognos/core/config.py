@@ -80,6 +80,30 @@ class Settings(BaseSettings):
     consumer_batch_size: int = 100
     consumer_max_deliver: int = 10
     request_timeout_s: float = 10.0
+    # Access control. No token key means every caller may call every RPC (a WARNING says
+    # so at start-up); `prognos up` creates development keys and certificates and sets these.
+    auth_public_key_file: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM) that verifies callers' tokens"
+    )
+    auth_issuer: str = "prognos"
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) that peers' certificates must chain to"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="This process's certificate chain (PEM), server and client"
+    )
+    tls_key_file: Path | None = Field(default=None, description="Private key of tls_cert_file")
+    # Audit anchoring: chain heads go to the immutable AUDIT stream after audited writes and
+    # at least every anchor_interval_s; signed checkpoints every checkpoint_interval_s.
+    audit_signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) that signs audit checkpoints"
+    )
+    anchor_interval_s: float = 5.0
+    checkpoint_interval_s: float = 3600.0
+    # Retention. Services never delete audit entries; these say how long operators must
+    # keep them (and the local span files, which `prognos trace prune` trims) at least.
+    audit_retention_days: int = 180
+    trace_retention_days: int = 180
     # Scheduler planning: a change is planned this long after it (changes arriving meanwhile
     # are planned together, but none waits longer than schedule_max_delay_s); the plan is
     # redone every schedule_interval_s anyway; the solver stops after schedule_time_limit_s
@@ -164,6 +188,16 @@ class Settings(BaseSettings):
     def effective_archive_dir(self) -> Path:
         """Where the telemetry archive's Parquet files live."""
         return self.archive_dir or self.data_dir / "archive"
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether this process serves and calls over mutual TLS."""
+        return bool(self.tls_cert_file and self.tls_key_file and self.tls_ca_file)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where `prognos up` keeps the development CA, certificates and keys."""
+        return self.data_dir / "secrets"
 
     @property
     def spans_dir(self) -> Path:

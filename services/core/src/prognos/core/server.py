@@ -315,7 +315,13 @@ async def _run_hooks(hooks: Sequence[Hook], failures: list[Exception]) -> None:
             failures.append(exc)
 
 
-async def wait_for_serving(target: str, *, deadline_s: float, service: str = "") -> None:
+async def wait_for_serving(
+    target: str,
+    *,
+    deadline_s: float,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Wait until the server at ``target`` reports SERVING for ``service``.
 
     Watches the standard health service, reconnecting while the server is not up yet.
@@ -324,6 +330,7 @@ async def wait_for_serving(target: str, *, deadline_s: float, service: str = "")
         target: ``host:port``.
         deadline_s: Seconds to wait at most.
         service: Fully qualified service name; "" for the server as a whole.
+        credentials: Channel credentials for a server that speaks TLS; plaintext if None.
 
     Raises:
         TimeoutError: Not SERVING within the deadline; the message names the target and
@@ -339,7 +346,12 @@ async def wait_for_serving(target: str, *, deadline_s: float, service: str = "")
         ("grpc.max_reconnect_backoff_ms", 250),
     ]
     request = health_pb2.HealthCheckRequest(service=service)
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    channel = (
+        grpc.aio.insecure_channel(target, options=options)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials, options=options)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while (remaining := deadline - loop.time()) > 0:
             try:

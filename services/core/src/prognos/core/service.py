@@ -5,6 +5,10 @@ A service's ``__main__`` calls ``main(...)`` with its name, its migrations folde
 runtime owns the database engine, the NATS connection, the outbox relay, the consumers and
 the gRPC server, and stops them in order: NOT_SERVING, stop consuming, finish the relay,
 drain gRPC, drain NATS, dispose the engine, flush spans.
+
+Every service gets the same security plumbing here, with no code of its own: mutual TLS
+when ``tls_*`` files are configured, and the token and role check of every RPC when
+``auth_public_key_file`` is (denials audited in the service's chain).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prognos.core import bus, migrate, telemetry
+from prognos.core import auth, bus, migrate, telemetry, tls
 from prognos.core.config import Settings
 from prognos.core.server import GrpcServer
 from prognos.core.store import EventStore, create_engine
@@ -101,7 +105,13 @@ async def serve(
             poll_s=settings.relay_poll_s,
             crash_at=settings.relay_crash_at,
         )
-        server = GrpcServer(settings, version=version, error_translators=translators)  # type: ignore[arg-type]
+        server = GrpcServer(
+            settings,
+            version=version,
+            error_translators=translators,  # type: ignore[arg-type]
+            extra_interceptors=access_interceptors(settings, store),
+            credentials=tls.server_credentials(settings),
+        )
         runtime = Runtime(settings, store, nc, js, server, relay)
         await build(runtime)
 
@@ -123,6 +133,39 @@ async def serve(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     telemetry.shutdown()
+
+
+def access_interceptors(
+    settings: Settings, store: EventStore | None
+) -> list[auth.AccessInterceptor]:
+    """The access-control interceptor for ``settings``, or none (with a WARNING) if unset.
+
+    Args:
+        settings: Uses ``auth_public_key_file``, ``auth_issuer`` and ``tls_*``.
+        store: Where denials are audited.
+
+    Returns:
+        ``[AccessInterceptor]`` when a token key is configured, else ``[]``.
+    """
+    if not settings.tls_enabled:
+        log.warning(
+            "%s: TLS is OFF: gRPC is served in plaintext (set PROGNOS_TLS_CERT_FILE, "
+            "PROGNOS_TLS_KEY_FILE and PROGNOS_TLS_CA_FILE)",
+            settings.service,
+        )
+    if settings.auth_public_key_file is None:
+        log.warning(
+            "%s: access control is OFF: no token key configured "
+            "(PROGNOS_AUTH_PUBLIC_KEY_FILE), so every caller may call every RPC",
+            settings.service,
+        )
+        return []
+    public_key = auth.load_public_key(settings.auth_public_key_file)
+    return [
+        auth.AccessInterceptor(
+            public_key, store, service=settings.service, issuer=settings.auth_issuer
+        )
+    ]
 
 
 async def _drain(nc: Client) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -169,6 +169,63 @@ async def entries(conn: AsyncConnection, *, after_seq: int = 0) -> AsyncIterator
         yield _row_to_entry(row)
 
 
+class ChainWalk:
+    """Checks a chain one entry at a time, in sequence order, from the first entry.
+
+    ``verify`` walks a database with it; an auditor's tool walks an exported copy.
+    """
+
+    def __init__(self) -> None:
+        self.expected_seq = 1
+        self.prev_hash = GENESIS_HASH
+        self.count = 0
+        self.broken: ChainVerification | None = None
+
+    def step(self, entry: AuditEntry) -> bool:
+        """Check the next entry; return False (and set ``broken``) at the first that fails."""
+        if self.broken is not None:
+            return False
+        problem = None
+        if entry.seq != self.expected_seq:
+            problem = f"sequence gap: expected entry {self.expected_seq}, found {entry.seq}"
+        elif entry.prev_hash != self.prev_hash:
+            problem = "prev_hash does not match the hash of the entry before it"
+        elif compute_hash(entry.content()) != entry.hash:
+            problem = "content does not match its hash (the entry was altered)"
+        if problem:
+            self.broken = ChainVerification(
+                ok=False,
+                entries=self.count,
+                head_seq=self.expected_seq - 1,
+                head_hash=self.prev_hash,
+                broken_seq=entry.seq,
+                broken_entry_id=entry.entry_id,
+                problem=problem,
+            )
+            return False
+        self.count += 1
+        self.expected_seq = entry.seq + 1
+        self.prev_hash = entry.hash
+        return True
+
+    def result(self) -> ChainVerification:
+        """The outcome so far: the first break, or ``ok`` with the head reached."""
+        if self.broken is not None:
+            return self.broken
+        return ChainVerification(
+            ok=True, entries=self.count, head_seq=self.expected_seq - 1, head_hash=self.prev_hash
+        )
+
+
+def verify_entries(chain: Iterable[AuditEntry]) -> ChainVerification:
+    """Check a whole chain held in memory (an exported copy), from its first entry."""
+    walk = ChainWalk()
+    for entry in chain:
+        if not walk.step(entry):
+            break
+    return walk.result()
+
+
 async def verify(conn: AsyncConnection) -> ChainVerification:
     """Walk the whole chain and name the first entry that does not hold.
 
@@ -176,28 +233,8 @@ async def verify(conn: AsyncConnection) -> ChainVerification:
     sequence number does not follow the one before (deleted or reordered), or when its
     ``prev_hash`` is not the hash of the entry before it (deleted, reordered or re-linked).
     """
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    count = 0
+    walk = ChainWalk()
     async for entry in entries(conn):
-        problem = None
-        if entry.seq != expected_seq:
-            problem = f"sequence gap: expected entry {expected_seq}, found {entry.seq}"
-        elif entry.prev_hash != prev_hash:
-            problem = "prev_hash does not match the hash of the entry before it"
-        elif compute_hash(entry.content()) != entry.hash:
-            problem = "content does not match its hash (the entry was altered)"
-        if problem:
-            return ChainVerification(
-                ok=False,
-                entries=count,
-                head_seq=expected_seq - 1,
-                head_hash=prev_hash,
-                broken_seq=entry.seq,
-                broken_entry_id=entry.entry_id,
-                problem=problem,
-            )
-        count += 1
-        expected_seq = entry.seq + 1
-        prev_hash = entry.hash
-    return ChainVerification(ok=True, entries=count, head_seq=expected_seq - 1, head_hash=prev_hash)
+        if not walk.step(entry):
+            break
+    return walk.result()

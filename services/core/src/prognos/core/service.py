@@ -6,9 +6,10 @@ runtime owns the database engine, the NATS connection, the outbox relay, the con
 the gRPC server, and stops them in order: NOT_SERVING, stop consuming, finish the relay,
 drain gRPC, drain NATS, dispose the engine, flush spans.
 
-Every service gets the same security plumbing here, with no code of its own: mutual TLS
-when ``tls_*`` files are configured, and the token and role check of every RPC when
-``auth_public_key_file`` is (denials audited in the service's chain).
+Every service gets the same security and audit plumbing here, with no code of its own:
+mutual TLS when ``tls_*`` files are configured, the token and role check of every RPC
+when ``auth_public_key_file`` is (denials audited in the service's chain), ``AuditService``
+over its chain, and the anchor that publishes the chain's head to the ``AUDIT`` stream.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prognos.core import auth, bus, migrate, telemetry, tls
+from prognos.api.common.v1 import audit_pb2_grpc
+from prognos.core import anchoring, auth, bus, migrate, telemetry, tls
+from prognos.core.audit_api import AUDIT_SERVICE, AuditServicer
 from prognos.core.config import Settings
 from prognos.core.server import GrpcServer
 from prognos.core.store import EventStore, create_engine
@@ -44,6 +47,7 @@ class Runtime:
     js: JetStreamContext
     server: GrpcServer
     relay: bus.OutboxRelay
+    anchor: anchoring.ChainAnchor | None = None
     consumers: list[bus.Consumer] = field(default_factory=list)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -105,6 +109,19 @@ async def serve(
             poll_s=settings.relay_poll_s,
             crash_at=settings.relay_crash_at,
         )
+        await anchoring.ensure_audit_stream(js)
+        anchor = anchoring.ChainAnchor(
+            store,
+            js,
+            interval_s=settings.anchor_interval_s,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+            signing_key=(
+                auth.load_private_key(settings.audit_signing_key_file)
+                if settings.audit_signing_key_file
+                else None
+            ),
+        )
+        store.on_audit.append(anchor.notify)
         server = GrpcServer(
             settings,
             version=version,
@@ -112,7 +129,13 @@ async def serve(
             extra_interceptors=access_interceptors(settings, store),
             credentials=tls.server_credentials(settings),
         )
-        runtime = Runtime(settings, store, nc, js, server, relay)
+        server.add_service(
+            audit_pb2_grpc.add_AuditServiceServicer_to_server,
+            AuditServicer(store, anchor),
+            AUDIT_SERVICE,
+        )
+        runtime = Runtime(settings, store, nc, js, server, relay, anchor)
+        runtime.background.append(anchor.run)
         await build(runtime)
 
         async def stop_consuming() -> None:

@@ -460,11 +460,13 @@ class EventStore:
         engine: the service's async engine (``create_engine``).
         service: the service's name, recorded as the default actor's domain.
         on_commit: called after each commit that queued outbox messages (wakes the relay).
+        on_audit: called after each commit that wrote audit entries (wakes the anchor).
     """
 
     engine: AsyncEngine
     service: str
     on_commit: list[Callable[[], None]] = field(default_factory=list)
+    on_audit: list[Callable[[], None]] = field(default_factory=list)
 
     @asynccontextmanager
     async def transaction(
@@ -491,6 +493,9 @@ class EventStore:
             await uow._flush_outbox()
         if uow.outbox:
             for callback in self.on_commit:
+                callback()
+        if uow.audit_entries:
+            for callback in self.on_audit:
                 callback()
 
     @asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from prognos.cli import certs, launcher, tokens
+from prognos.cli import audit, certs, launcher, tokens, traces
 from prognos.cli import ingest as ingest_commands
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app.command("up")(launcher.up)
 app.command("status")(launcher.status)
 app.command("certs")(certs.certs)
 app.add_typer(tokens.app, name="token")
+app.add_typer(audit.app, name="audit")
+app.add_typer(traces.app, name="trace")
 app.command("ingest")(ingest_commands.ingest)
 app.add_typer(ingest_commands.import_app, name="import")
 app.command("quarantine")(ingest_commands.quarantine)

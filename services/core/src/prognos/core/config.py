@@ -144,6 +144,19 @@ class Settings(BaseSettings):
     archive_dir: Path | None = None
     archive_flush_rows: int = 1_000_000
     archive_flush_interval_s: float = 60.0
+    # Registry: model files and uploads live in a content-addressed store under artifact_dir
+    # (default data_dir/artifacts); training runs in worker processes, at most
+    # training_workers at a time, each stopped after training_timeout_s. Every asset type
+    # with training data is retrained every retrain_period_s (0 turns the schedule off) when
+    # newer data exists; a drift alert retrains at once, but at most once per
+    # drift_retrain_min_interval_s per asset type.
+    artifact_dir: Path | None = Field(
+        default=None, description="Root of the registry's content-addressed artifact store"
+    )
+    training_workers: int = 1
+    training_timeout_s: float = 3600.0
+    retrain_period_s: float = 86400.0
+    drift_retrain_min_interval_s: float = 3600.0
     # Fault injection for crash tests: "<point>:<n>" makes the relay SIGKILL itself at the
     # n-th pass through <point> ("after_commit" or "after_publish"). Never set in production.
     relay_crash_at: str | None = None
@@ -198,6 +211,11 @@ class Settings(BaseSettings):
     def secrets_dir(self) -> Path:
         """Where `prognos up` keeps the development CA, certificates and keys."""
         return self.data_dir / "secrets"
+
+    @property
+    def effective_artifact_dir(self) -> Path:
+        """Where the registry's content-addressed artifact store lives."""
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def spans_dir(self) -> Path:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from prognos.core.service import main, package_version
-from prognos.registry.bootstrap import STREAM, build
+from prognos.registry.bootstrap import STREAM, TRANSLATORS, build
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -14,4 +14,5 @@ if __name__ == "__main__":
         migrations=MIGRATIONS,
         version=package_version("prognos-registry"),
         stream=STREAM,
+        translators=TRANSLATORS,
     )

@@ -1,16 +1,23 @@
-"""JetStream subscriptions of the registry: other services' events -> its read models."""
+"""JetStream subscriptions of the registry: other services' events -> its read models and runs."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from prognos.api.inference.v1 import events_pb2 as inference_events
 from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.core.bus import Subscription, subscription
-from prognos.registry import adapters
+from prognos.core.store import utcnow
+from prognos.registry import adapters, handlers
 
 if TYPE_CHECKING:
     from prognos.api.common.v1.envelope_pb2 import Envelope
+    from prognos.core.config import Settings
     from prognos.core.store import UnitOfWork
+
+#: A feature whose population stability index passes this is named as drifted.
+PSI_DRIFT = 0.2
 
 
 async def on_asset_type_changed(
@@ -27,7 +34,29 @@ async def on_asset_type_changed(
     )
 
 
-def subscriptions() -> list[Subscription]:
+def subscriptions(settings: Settings) -> list[Subscription]:
+    """The registry's durable consumers, with the schedule and drift settings bound in."""
+    period = timedelta(seconds=settings.retrain_period_s)
+    min_interval = timedelta(seconds=settings.drift_retrain_min_interval_s)
+
+    async def on_dataset_snapshot(
+        uow: UnitOfWork, envelope: Envelope, event: ingest_events.DatasetSnapshotCreated
+    ) -> None:
+        """Remember the snapshot; its asset type joins the retraining schedule."""
+        retrain_at = utcnow() + period if period > timedelta(0) else None
+        await handlers.record_dataset_snapshot(uow, event.snapshot, retrain_at)
+
+    async def on_drift(
+        uow: UnitOfWork, envelope: Envelope, event: inference_events.DriftDetected
+    ) -> None:
+        """Retrain the drifting asset type (the runner wakes on the commit)."""
+        drifted = [
+            f.feature for f in sorted(event.features, key=lambda f: -f.psi) if f.psi > PSI_DRIFT
+        ]
+        await handlers.drift_retrain(
+            uow, event.asset_type, event.model_version, drifted, utcnow(), min_interval
+        )
+
     return [
         subscription(
             "INGEST",
@@ -35,5 +64,17 @@ def subscriptions() -> list[Subscription]:
             "ingest.asset_type.>",
             (ingest_events.AssetTypeRegistered, on_asset_type_changed),
             (ingest_events.AssetTypeUpdated, on_asset_type_changed),
-        )
+        ),
+        subscription(
+            "INGEST",
+            "registry-on-dataset-snapshot",
+            "ingest.dataset_snapshot.created",
+            (ingest_events.DatasetSnapshotCreated, on_dataset_snapshot),
+        ),
+        subscription(
+            "INFERENCE",
+            "registry-on-drift",
+            "inference.drift.detected",
+            (inference_events.DriftDetected, on_drift),
+        ),
     ]

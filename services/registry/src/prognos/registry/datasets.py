@@ -1,0 +1,176 @@
+"""Training data for a worker: a C-MAPSS text file, or a dataset snapshot's Parquet files.
+
+Both become a frame in the ``load_cmapss`` layout (``unit``, ``cycle``, three operating
+settings, 21 sensors) in which every unit runs to failure.
+
+A snapshot's telemetry files hold one column per channel of the asset type; the turbofan
+channels ``op_setting_<n>`` and ``sensor_<n>`` become ``setting_<n>`` and ``s<n>``. Its label
+files say when each asset failed: the rows of an asset up to (and including) a confirmed
+failure are one run to failure, a "unit"; rows after an asset's last failure are censored and
+left out. Missing readings (NaN) are carried forward within a unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prognos.api.ingest.v1 import ingest_pb2
+from prognos.registry.artifacts import local_path, sha256_of
+from prognos.registry.training.data import COLUMNS, CYCLE, SENSORS, SETTINGS, UNIT, load_cmapss
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+_CHANNEL = re.compile(r"^(?:op_setting_(\d+)|sensor_(\d+))$")
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used: a file changed, channels or labels are missing."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Run-to-failure units in the C-MAPSS layout, and where they came from."""
+
+    frame: pd.DataFrame
+    label_set: str
+    assets: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def units(self) -> int:
+        return int(self.frame[UNIT].nunique())
+
+
+def from_cmapss_file(path: Path, content_hash: str) -> TrainingData:
+    """A NASA training file: every unit's last cycle is its failure, so the labels are the
+    file itself."""
+    return TrainingData(load_cmapss(path), label_set=f"run-to-failure:{content_hash}")
+
+
+def column_of(channel: str) -> str | None:
+    """The training column of a turbofan channel name, or ``None``."""
+    match = _CHANNEL.match(channel)
+    if match is None:
+        return None
+    setting, sensor = match.groups()
+    return f"setting_{setting}" if setting else f"s{sensor}"
+
+
+def from_snapshot(snapshot: ingest_pb2.DatasetSnapshot) -> TrainingData:
+    """Read, verify and assemble the Parquet files of a dataset snapshot.
+
+    Raises:
+        TrainingDataError: a file is missing or differs from its hash, channels are missing,
+            or no asset has a confirmed failure.
+    """
+    root = local_path(snapshot.root_uri)
+    telemetry: list[pd.DataFrame] = []
+    labels: list[pd.DataFrame] = []
+    label_lines: list[str] = []
+    for item in sorted(snapshot.files, key=lambda f: f.path):
+        path = root / item.path
+        if not path.is_file():
+            raise TrainingDataError(f"snapshot {snapshot.name}: {item.path} is missing")
+        if sha256_of(path) != item.content_hash:
+            raise TrainingDataError(
+                f"snapshot {snapshot.name}: {item.path} no longer matches {item.content_hash}"
+            )
+        if item.kind == ingest_pb2.DATASET_FILE_KIND_LABELS:
+            labels.append(_read(path))
+            label_lines.append(f"{item.path} {item.content_hash}\n")
+        elif item.kind == ingest_pb2.DATASET_FILE_KIND_TELEMETRY:
+            telemetry.append(_read(path))
+    if not telemetry:
+        raise TrainingDataError(f"snapshot {snapshot.name} holds no telemetry files")
+    if not labels:
+        raise TrainingDataError(
+            f"snapshot {snapshot.name} holds no labels: no asset is known to have failed"
+        )
+    readings = _in_range(pd.concat(telemetry, ignore_index=True), snapshot)
+    outcomes = _in_range(pd.concat(labels, ignore_index=True), snapshot)
+    if "asset_type" in outcomes.columns:
+        outcomes = outcomes[outcomes["asset_type"] == snapshot.asset_type]
+    failures = outcomes[outcomes["failure_confirmed"].astype(bool)]
+    frame, assets = _units(readings, failures)
+    digest = hashlib.sha256("".join(label_lines).encode()).hexdigest()
+    return TrainingData(frame, label_set=f"sha256:{digest}", assets=assets)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """A Parquet file as a frame, dictionary-encoded strings as plain strings."""
+    table = pq.read_table(path)
+    plain = pa.schema(
+        [
+            pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+            for f in table.schema
+        ]
+    )
+    return table.cast(plain).to_pandas()
+
+
+def _in_range(readings: pd.DataFrame, snapshot: ingest_pb2.DatasetSnapshot) -> pd.DataFrame:
+    times = pd.to_datetime(readings["time"], utc=True)
+    keep = np.ones(len(readings), dtype=bool)
+    if snapshot.HasField("start_time"):
+        keep &= (times >= _time(snapshot.start_time)).to_numpy()
+    if snapshot.HasField("end_time"):
+        keep &= (times < _time(snapshot.end_time)).to_numpy()
+    out = readings.loc[keep].copy()
+    out["time"] = times[keep]
+    return out
+
+
+def _time(stamp: Timestamp) -> pd.Timestamp:
+    return pd.Timestamp(stamp.ToDatetime(tzinfo=UTC))
+
+
+def _units(readings: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, str]]:
+    renamed = {c: column_of(c) for c in readings.columns if column_of(c)}
+    missing = [c for c in (*SETTINGS, *SENSORS) if c not in set(renamed.values())]
+    if missing:
+        raise TrainingDataError(
+            "the snapshot lacks the turbofan channels for "
+            + ", ".join(missing)
+            + " (op_setting_1..3 and sensor_1..21 are needed)"
+        )
+    readings = readings.rename(columns=renamed)
+    readings = readings.sort_values(["asset_id", "time"], kind="stable")
+    readings = readings.drop_duplicates(["asset_id", "time"], keep="last")
+    failure_times = (
+        pd.to_datetime(failures["time"], utc=True).groupby(failures["asset_id"]).apply(sorted)
+    )
+    pieces: list[pd.DataFrame] = []
+    assets: dict[int, str] = {}
+    unit = 0
+    for asset, rows in readings.groupby("asset_id", sort=True):
+        start = None
+        for failed_at in failure_times.get(asset, []):
+            mask = rows["time"] <= failed_at
+            if start is not None:
+                mask &= rows["time"] > start
+            life = rows.loc[mask, list(SETTINGS) + list(SENSORS)]
+            start = failed_at
+            life = life.ffill().bfill().dropna()
+            if len(life) < 2:
+                continue
+            unit += 1
+            life = life.copy()
+            life.insert(0, CYCLE, np.arange(1, len(life) + 1, dtype=np.int64))
+            life.insert(0, UNIT, unit)
+            pieces.append(life)
+            assets[unit] = str(asset)
+    if not pieces:
+        raise TrainingDataError("no asset of the snapshot ran to a confirmed failure")
+    frame = pd.concat(pieces, ignore_index=True)[list(COLUMNS)]
+    frame[UNIT] = frame[UNIT].astype(np.int64)
+    return frame.reset_index(drop=True), assets

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prognos.api.common.v1 import audit_pb2_grpc
 from prognos.core import anchoring, auth, bus, migrate, telemetry, tls
@@ -77,6 +77,7 @@ async def serve(
     version: str,
     stream: str,
     translators: Translators | None = None,
+    server_options: Sequence[tuple[str, Any]] = (),
 ) -> None:
     """Run one service until SIGTERM or SIGINT, then shut it down gracefully.
 
@@ -86,6 +87,7 @@ async def serve(
         version: reported by ``InfoService``.
         stream: the JetStream stream this service publishes to (created if missing).
         translators: domain exceptions and the ``PrognosError`` each becomes at the edge.
+        server_options: extra grpc server options (for example flow-control windows).
     """
     telemetry.setup(settings)
     if not settings.nats_url:
@@ -128,6 +130,7 @@ async def serve(
             error_translators=translators,  # type: ignore[arg-type]
             extra_interceptors=access_interceptors(settings, store),
             credentials=tls.server_credentials(settings),
+            options=server_options,
         )
         server.add_service(
             audit_pb2_grpc.add_AuditServiceServicer_to_server,
@@ -204,6 +207,7 @@ def main(
     version: str,
     stream: str,
     translators: Translators | None = None,
+    server_options: Sequence[tuple[str, Any]] = (),
     argv: list[str] | None = None,
 ) -> None:
     """The command line of a service process: ``migrate`` once, then ``serve``."""
@@ -215,7 +219,16 @@ def main(
     if args.command == "migrate":
         migrate.upgrade(settings, migrations)
         return
-    asyncio.run(serve(settings, build, version=version, stream=stream, translators=translators))
+    asyncio.run(
+        serve(
+            settings,
+            build,
+            version=version,
+            stream=stream,
+            translators=translators,
+            server_options=server_options,
+        )
+    )
 
 
 def package_version(distribution: str) -> str:

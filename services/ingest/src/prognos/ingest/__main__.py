@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from prognos.core.service import main, package_version
-from prognos.ingest.bootstrap import STREAM, TRANSLATORS, build
+from prognos.ingest.bootstrap import SERVER_OPTIONS, STREAM, TRANSLATORS, build
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -15,4 +15,5 @@ if __name__ == "__main__":
         version=package_version("prognos-ingest"),
         stream=STREAM,
         translators=TRANSLATORS,
+        server_options=SERVER_OPTIONS,
     )

@@ -414,12 +414,13 @@ class _Model:
         everything = np.arange(n_pairs, dtype=np.int64)
         relaxed = self._run(everything, True, False, None, deadline, options)
         if relaxed is None:
-            return self._plan(best, started, PlanStatus.HEURISTIC, math.nan)
+            return self._plan(self._topped_up(best), started, PlanStatus.HEURISTIC, math.nan)
         guided = self._guided(relaxed.values)
         if self._total(guided) < self._total(best):
             best = guided
         bound = relaxed.bound
         if self._gap(self._total(best), bound) <= options.mip_rel_gap:
+            best = self._topped_up(best)
             return self._plan(
                 best, started, PlanStatus.OPTIMAL, self._gap(self._total(best), bound)
             )
@@ -449,6 +450,7 @@ class _Model:
                 bound = max(bound, part_bound)
             if self._total(chosen) <= self._total(best):
                 best = chosen
+        best = self._topped_up(best)
         gap = self._gap(self._total(best), bound)
         status = PlanStatus.OPTIMAL if gap <= options.mip_rel_gap else PlanStatus.TIME_LIMIT
         return self._plan(best, started, status, gap)
@@ -562,19 +564,33 @@ class _Model:
         visit = np.lexsort((-saving[item] / self.duration[item], -np.round(mass[item], 6)))
         return self._fill(order, heads[visit], ends[visit])
 
-    def _greedy(self) -> npt.NDArray[np.bool_]:
-        """A plan without the solver: previous assignments that still fit stay, then items go
-        by their best saving per crew-hour, each to its cheapest window with room."""
+    def _greedy(self, keep: IntArray | None = None) -> npt.NDArray[np.bool_]:
+        """A plan without the solver: the pairs ``keep`` (by default, the previous
+        assignments that still fit) stay, then items go by their best saving per crew-hour,
+        each to its cheapest window with room."""
         x_cost = self._x_cost
         order = np.lexsort((x_cost, self.pair_item))
         heads = np.nonzero(np.r_[True, self.pair_item[order][1:] != self.pair_item[order][:-1]])[0]
         ends = np.append(heads[1:], len(order))
         best = order[heads]
         gain = -x_cost[best] / self.duration[self.pair_item[best]]
-        stays = np.nonzero(self._reward > 0)[0]
-        stays = stays[np.argsort(x_cost[stays], kind="stable")]
+        if keep is None:
+            keep = np.nonzero(self._reward > 0)[0]
+            keep = keep[np.argsort(x_cost[keep], kind="stable")]
         visit = np.argsort(-gain, kind="stable")
-        return self._fill(order, heads[visit], ends[visit], first=stays)
+        return self._fill(order, heads[visit], ends[visit], first=keep)
+
+    def _topped_up(self, chosen: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """The plan plus every unplaced item that still fits somewhere and saves money.
+
+        A plan within the MIP gap may leave room that some unplaced item would use with a
+        saving (the gap is relative to the whole expected cost); filling it greedily can
+        only lower the objective, so it is kept when it does.
+        """
+        if chosen.all() or not len(chosen):
+            return chosen
+        topped = self._greedy(keep=np.nonzero(chosen)[0])
+        return topped if self._total(topped) < self._total(chosen) - _EPS else chosen
 
     def _fill(
         self,

@@ -42,6 +42,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from prognos.core.store import new_metadata
 from prognos.scheduler.domain import (
@@ -937,8 +939,7 @@ def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 async def _upsert(
     conn: AsyncConnection, table: Table, key: dict[str, Any], values: dict[str, Any]
 ) -> None:
-    """Update the row with ``key``, or insert it (the writer lock rules out a race)."""
-    condition = and_(*(table.c[k] == v for k, v in key.items()))
-    result = await conn.execute(update(table).where(condition).values(**values))
-    if not result.rowcount:
-        await conn.execute(insert(table).values(**key, **values))
+    """Insert the row with ``key``, or update it: one statement on SQLite and PostgreSQL."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(table).values(**key, **values)
+    await conn.execute(statement.on_conflict_do_update(index_elements=list(key), set_=values))

@@ -90,10 +90,11 @@ async def build(runtime: Runtime, *, clock: Clock = utc_now) -> None:
             timedelta(hours=settings.idempotency_retention_h),
         )
     )
-    for sub in consumers.subscriptions(clock):
+    policies = handlers.PolicyBook()
+    for sub in consumers.subscriptions(clock, policies):
         runtime.subscribe(sub)
     runtime.server.add_service(
         scheduler_pb2_grpc.add_MaintenanceSchedulerServicer_to_server,
-        SchedulerServicer(settings, store, planner, notifier, deliverer, clock),
+        SchedulerServicer(settings, store, planner, notifier, deliverer, policies, clock),
         SERVICE_NAME,
     )

@@ -17,13 +17,13 @@ PREDICTION_SUBJECT = "inference.prediction.made"
 DURABLE = "scheduler-on-prediction"
 
 
-def subscriptions(clock: Clock) -> list[Subscription]:
+def subscriptions(clock: Clock, policies: handlers.PolicyBook) -> list[Subscription]:
     """Predictions, each decided once by the work-order policy."""
 
     async def on_prediction(
         uow: UnitOfWork, envelope: Envelope, event: inference_events.PredictionMade
     ) -> None:
-        await handlers.on_prediction(uow, event.prediction, clock())
+        await handlers.on_prediction(uow, event.prediction, clock(), policies)
 
     return [
         subscription(

@@ -106,6 +106,7 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
         planner: Planner,
         notifier: ChangeNotifier,
         deliverer: WebhookDeliverer,
+        policies: handlers.PolicyBook,
         clock: Clock,
     ) -> None:
         self._settings = settings
@@ -113,6 +114,7 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
         self._planner = planner
         self._notifier = notifier
         self._deliverer = deliverer
+        self._policies = policies
         self._clock = clock
 
     # -- idempotency ----------------------------------------------------------------------
@@ -237,9 +239,11 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
                 asset_type=request.asset_type, policy=policy_to_proto(policy)
             )
 
-        return await self._idempotent(
+        response = await self._idempotent(
             "SetWorkOrderPolicy", request, scheduler_pb2.SetWorkOrderPolicyResponse, work
         )
+        self._policies.forget(request.asset_type)
+        return response
 
     async def GetWorkOrderPolicy(
         self, request: scheduler_pb2.GetWorkOrderPolicyRequest, context: grpc.aio.ServicerContext

@@ -8,6 +8,7 @@ queues all commit together or not at all.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ from prognos.scheduler.translate import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from prognos.core.store import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -291,12 +294,36 @@ async def set_policy(
     return policy
 
 
-async def policy_for(uow_conn: Any, asset_type: str) -> tuple[WorkOrderPolicy, bool]:
+async def policy_for(conn: AsyncConnection, asset_type: str) -> tuple[WorkOrderPolicy, bool]:
     """The policy in force for an asset type, and whether it is the default."""
-    document = await adapters.get_policy(uow_conn, asset_type)
+    document = await adapters.get_policy(conn, asset_type)
     if document is None:
         return DEFAULT_POLICY, True
     return policy_from_document(document), False
+
+
+class PolicyBook:
+    """The policies in force, read through a cache that expires after ``ttl_s``.
+
+    Saves the decision path a query per prediction. A policy set in this process applies
+    at once (``forget``); one set by another replica within ``ttl_s``.
+    """
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, WorkOrderPolicy]] = {}
+
+    async def get(self, conn: AsyncConnection, asset_type: str) -> WorkOrderPolicy:
+        now = time.monotonic()
+        cached = self._cache.get(asset_type)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        policy, _ = await policy_for(conn, asset_type)
+        self._cache[asset_type] = (now, policy)
+        return policy
+
+    def forget(self, asset_type: str) -> None:
+        self._cache.pop(asset_type, None)
 
 
 async def upsert_endpoint(uow: UnitOfWork, endpoint: EndpointData, now: datetime) -> None:
@@ -329,7 +356,10 @@ class DecisionOutcome:
 
 
 async def on_prediction(
-    uow: UnitOfWork, prediction: inference_pb2.Prediction, now: datetime
+    uow: UnitOfWork,
+    prediction: inference_pb2.Prediction,
+    now: datetime,
+    policies: PolicyBook | None = None,
 ) -> DecisionOutcome:
     """Decide what one prediction does: open a work order, update the open one, or nothing.
 
@@ -363,7 +393,10 @@ async def on_prediction(
             **common,
         )
         return DecisionOutcome("NONE", "SHADOW")
-    policy, _ = await policy_for(uow.conn, p.asset_type)
+    if policies is not None:
+        policy = await policies.get(uow.conn, p.asset_type)
+    else:
+        policy, _ = await policy_for(uow.conn, p.asset_type)
     state = await adapters.policy_state(uow.conn, p.asset_id, p.failure_mode)
     decision = decide(policy, state, p)
     await adapters.save_policy_state(uow.conn, p.asset_id, p.failure_mode, evolve(state, decision))
@@ -517,20 +550,30 @@ class PlannedChange:
 
 @dataclass(frozen=True)
 class AppliedPlan:
-    scheduled: int
-    unplaced: int
-    released: int
-    stale: int
+    """How many work orders a plan scheduled, unplaced and released, and left as stale."""
+
+    scheduled: int = 0
+    unplaced: int = 0
+    released: int = 0
+    stale: int = 0
+
+    def __add__(self, other: AppliedPlan) -> AppliedPlan:
+        return AppliedPlan(
+            self.scheduled + other.scheduled,
+            self.unplaced + other.unplaced,
+            self.released + other.released,
+            self.stale + other.stale,
+        )
 
 
 async def apply_plan(
     uow: UnitOfWork,
     changes: Sequence[PlannedChange],
     now: datetime,
-    summary: dict[str, Any],
+    plan_id: str,
     assets: dict[str, AssetData],
 ) -> AppliedPlan:
-    """Write a plan's changes; a work order changed since it was planned is left alone."""
+    """Write (part of) a plan's changes; an order changed since it was planned is left alone."""
     current = await adapters.versions_of(uow.conn, [c.work_order_id for c in changes])
     writer = WorkOrderWriter(uow)
     writer.known_erp_ids(assets)
@@ -540,7 +583,7 @@ async def apply_plan(
             counts["stale"] += 1
             continue
         order = await load_work_order(uow, change.work_order_id)
-        details: dict[str, Any] = {"plan": summary.get("plan_id", "")}
+        details: dict[str, Any] = {"plan": plan_id}
         if change.slot is not None and change.slot != order.slot:
             order.schedule(change.slot, now)
             counts["scheduled"] += 1
@@ -570,16 +613,14 @@ async def apply_plan(
         )
         await writer.save(order, reason=reason, details=details)
     await writer.flush()
-    applied = AppliedPlan(
-        counts["scheduled"], counts["unplaced"], counts["released"], counts["stale"]
-    )
+    return AppliedPlan(counts["scheduled"], counts["unplaced"], counts["released"], counts["stale"])
+
+
+async def record_plan(uow: UnitOfWork, summary: dict[str, Any]) -> None:
+    """Audit one planning pass: what it saw, how the solver did, what it changed."""
     await uow.audit(
-        "schedule.planned",
-        "schedule",
-        reason="maintenance plan recomputed",
-        details={**summary, **applied.__dict__},
+        "schedule.planned", "schedule", reason="maintenance plan recomputed", details=summary
     )
-    return applied
 
 
 # --- audit of decisions ------------------------------------------------------------------

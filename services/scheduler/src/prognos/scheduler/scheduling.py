@@ -11,8 +11,9 @@ after the first), so a burst of predictions is planned once, and it also runs ev
    the windows ahead and the crews;
 2. offers the planner (``planning.replan``, HiGHS, in a worker thread) each window's free
    crew-hours per skill, keeping work where it was unless moving it pays;
-3. packs each window's planned work into crew lanes (``slots``); when a window's work does
-   not fit its lanes, plans again with that window's capacity cut to what fits;
+3. packs each window's planned work into crew lanes (``slots``); work that does not fit its
+   window's lanes (free time in stretches shorter than the job) goes to the earliest gap
+   before its predicted failure in another window of the plant, riskiest first;
 4. writes, in one transaction, a slot for each placed order (released to the ERP once the
    slot starts within ``schedule_release_horizon_h``) and, for each order it could not
    place before its predicted failure, the reason (``WorkOrderUnplaced``), all audited.
@@ -57,9 +58,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
+_APPLY_CHUNK = 200
 
-_MAX_PACKING_ROUNDS = 8
+#: Reasons the planner gives from the free crew time alone; with work already committed to
+#: the ERP in the windows, the truth may be that they are full.
+_SHAPE_REASONS = frozenset(
+    {
+        UnplacedReason.NO_WINDOW_FOR_SKILL,
+        UnplacedReason.DURATION_EXCEEDS_WINDOWS,
+        UnplacedReason.NO_WINDOW_BEFORE_FAILURE,
+    }
+)
+
+Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
@@ -78,8 +89,8 @@ class PlanResult:
     status: str
     solve_s: float
     total_s: float
-    rounds: int
-    applied: handlers.AppliedPlan | None
+    repaired: int
+    applied: handlers.AppliedPlan
     changes: list[handlers.PlannedChange]
 
 
@@ -172,18 +183,27 @@ class Planner:
             started = time.perf_counter()
             snapshot = await self._read(self._clock())
             changes, info = await self._solve(snapshot)
-            applied = None
-            if changes:
-                self._applying = True
-                try:
+            applied = handlers.AppliedPlan()
+            # Written in chunks, so the writer lock is never held for long.
+            self._applying = True
+            try:
+                for start in range(0, len(changes), _APPLY_CHUNK):
                     async with self._store.transaction(actor="service:scheduler") as uow:
-                        applied = await handlers.apply_plan(
-                            uow, changes, snapshot.now, info, snapshot.assets
+                        part = await handlers.apply_plan(
+                            uow,
+                            changes[start : start + _APPLY_CHUNK],
+                            snapshot.now,
+                            info["plan_id"],
+                            snapshot.assets,
                         )
-                finally:
-                    self._applying = False
-                if applied.stale:
-                    self.wake()  # some orders changed while we planned: plan them again
+                    applied += part
+                if changes:
+                    async with self._store.transaction(actor="service:scheduler") as uow:
+                        await handlers.record_plan(uow, {**info, **applied.__dict__})
+            finally:
+                self._applying = False
+            if applied.stale:
+                self.wake()  # some orders changed while we planned: plan them again
             self.passes += 1
             result = PlanResult(
                 items=info["items"],
@@ -194,12 +214,79 @@ class Planner:
                 status=info["status"],
                 solve_s=info["solve_s"],
                 total_s=time.perf_counter() - started,
-                rounds=info["rounds"],
+                repaired=info["repaired"],
                 applied=applied,
                 changes=changes,
             )
             self.last = result
             return result
+
+    @staticmethod
+    def _pack(
+        plan: Plan,
+        items: list[WorkItem],
+        windows: list[Window],
+        window_plant: dict[str, str],
+        jobs: dict[str, Job],
+        lanes_of: Callable[[Window], WindowLanes],
+    ) -> tuple[dict[str, Slot], list[str], int]:
+        """Slots for the plan's work; what does not fit its window's lanes tries other windows.
+
+        The plan respects each window's crew-hours, but a window's lanes may hold less when
+        its free time is in stretches shorter than a job. Such a job goes to the earliest
+        gap it fits before its predicted failure in another window of its plant, riskiest
+        job first; the ids of those that fit nowhere are returned, with the slots and the
+        number of jobs moved.
+        """
+        by_window: dict[str, list[Job]] = defaultdict(list)
+        for item_id, window_id in plan.assignments.items():
+            by_window[window_id].append(jobs[item_id])
+        lanes = {w.id: lanes_of(w) for w in windows}
+        slots: dict[str, Slot] = {}
+        overflow: list[Job] = []
+        for window_id, window_jobs in by_window.items():
+            placed, rest = lanes[window_id].pack(window_jobs)
+            slots.update(placed)
+            overflow.extend(rest)
+        item_of = {i.id: i for i in items}
+        overflow.sort(key=lambda j: (-item_of[j.id].failure_probability, j.id))
+        left: list[str] = []
+        for job in overflow:
+            item = item_of[job.id]
+            for window in windows:
+                if window_plant[window.id] != item.plant:
+                    continue
+                slot = lanes[window.id].fit(job, item.predicted_failure_at)
+                if slot is not None:
+                    slots[job.id] = slot
+                    break
+            else:
+                left.append(job.id)
+        return slots, left, len(overflow) - len(left)
+
+    @staticmethod
+    def _fits_when_free(
+        item: WorkItem,
+        windows: list[Window],
+        window_plant: dict[str, str],
+        crews_by_plant: dict[str, list[CrewData]],
+        now: datetime,
+    ) -> bool:
+        """Whether some window would take the job before its failure if none were booked."""
+        if not any(
+            c.skill == item.skill and c.capacity > 0 for c in crews_by_plant.get(item.plant, [])
+        ):
+            return False
+        duration = timedelta(hours=item.duration_h)
+        for window in windows:
+            begin = max(window.start, now, item.earliest_start)
+            if (
+                window_plant[window.id] == item.plant
+                and begin + duration <= window.end
+                and begin + duration <= item.predicted_failure_at
+            ):
+                return True
+        return False
 
     async def _read(self, now: datetime) -> _Snapshot:
         async with self._store.reader() as conn:
@@ -268,52 +355,36 @@ class Planner:
             )
         previous = {o.work_order_id: o.slot.window_id for o in s.movable if o.slot is not None}
         options = SolverOptions(time_limit_s=self._settings.schedule_time_limit_s)
-        slots: dict[str, Slot] = {}
-        overflow: set[str] = set()
-        solve_s = 0.0
-        rounds = 0
+        offered = [
+            MaintenanceWindow(w.id, plant_of[w.id], max(w.start, now), w.end, capacity[w.id])
+            for w in all_windows
+        ]
         plan: Plan | None = None
-        while items:
-            rounds += 1
-            offered = [
-                MaintenanceWindow(
-                    w.id, plant_of[w.id], max(w.start, now), w.end, dict(capacity[w.id])
-                )
-                for w in all_windows
-                if w.end > now
-            ]
+        slots: dict[str, Slot] = {}
+        repaired = 0
+        if items:
             plan = await asyncio.to_thread(replan, previous, items, offered, self._costs, options)
-            solve_s += plan.solve_time_s
-            by_window: dict[str, list[Job]] = defaultdict(list)
-            for item_id, window_id in plan.assignments.items():
-                by_window[window_id].append(jobs[item_id])
-            slots, overflow_jobs = {}, []
-            tightened = False
-            window_index = {w.id: w for w in all_windows}
-            for window_id, window_jobs in by_window.items():
-                placed, left = lanes_of(window_index[window_id]).pack(window_jobs)
-                slots.update(placed)
-                if left:
-                    overflow_jobs.extend(left)
-                    fitted: dict[str, float] = defaultdict(float)
-                    for job in window_jobs:
-                        if job.id in placed:
-                            fitted[job.skill] += job.duration.total_seconds() / 3600.0
-                    for job in left:
-                        capacity[window_id][job.skill] = fitted[job.skill]
-                    tightened = True
-            overflow = {j.id for j in overflow_jobs}
-            if not tightened or rounds >= _MAX_PACKING_ROUNDS:
-                break
-        if plan is not None:
+            slots, overflow, repaired = self._pack(
+                plan, items, all_windows, plant_of, jobs, lanes_of
+            )
+            item_of = {i.id: i for i in items}
             for item_id, why in plan.unplaced.items():
                 unplaced[item_id] = (why.reason.value, why.detail)
-        for item_id in overflow:
-            unplaced[item_id] = (
-                UnplacedReason.NO_CAPACITY_BEFORE_FAILURE.value,
-                "no crew has a free stretch long enough in the windows before the predicted "
-                "failure",
-            )
+                if why.reason in _SHAPE_REASONS and self._fits_when_free(
+                    item_of[item_id], all_windows, plant_of, crews_by_plant, now
+                ):
+                    # The planner saw only free crew time: the window is there, but full.
+                    unplaced[item_id] = (
+                        UnplacedReason.NO_CAPACITY_BEFORE_FAILURE.value,
+                        "the windows before the predicted failure that could take it are "
+                        "fully booked with work already released to the ERP",
+                    )
+            for item_id in overflow:
+                unplaced[item_id] = (
+                    UnplacedReason.NO_CAPACITY_BEFORE_FAILURE.value,
+                    "the crew-hours before the predicted failure are left only in stretches "
+                    "shorter than the job",
+                )
 
         horizon = now + timedelta(hours=self._settings.schedule_release_horizon_h)
         changes: list[handlers.PlannedChange] = []
@@ -345,7 +416,7 @@ class Planner:
             "windows": len(all_windows),
             "status": plan.status.value if plan is not None else "EMPTY",
             "objective": plan.objective if plan is not None else 0.0,
-            "solve_s": round(solve_s, 4),
-            "rounds": rounds,
+            "solve_s": round(plan.solve_time_s, 4) if plan is not None else 0.0,
+            "repaired": repaired,
         }
         return changes, info

@@ -5,8 +5,8 @@ capacity ``c`` is ``c`` lanes, each doing one job at a time; a job needs one lan
 its whole duration. ``WindowLanes`` holds a window's lanes with the jobs already committed
 to the ERP, tells the planner how many crew-hours are still free per skill, and packs the
 planned jobs into lanes: a job keeps its previous slot when that is still free, the others
-go longest first to the earliest gap that fits. A job that fits nowhere is returned, so the
-caller can plan again with the window's capacity reduced to what really fits.
+go longest first to the earliest gap that fits. A job that fits nowhere is returned, and
+the caller tries it in the gaps of other windows (``fit``) before giving up on it.
 """
 
 from __future__ import annotations
@@ -140,19 +140,27 @@ class WindowLanes:
                 rest.append(job)
         overflow: list[Job] = []
         for job in sorted(rest, key=lambda j: (-j.duration, j.id)):
-            best: tuple[datetime, int] | None = None
-            lanes = self.lanes.get(job.skill, [])
-            for n, lane in enumerate(lanes):
-                start = lane.earliest_gap(self.start, self.window.end, job.duration)
-                if start is not None and (best is None or start < best[0]):
-                    best = (start, n)
-            if best is None:
+            slot = self.fit(job, self.window.end)
+            if slot is None:
                 overflow.append(job)
-                continue
-            start, n = best
-            lanes[n].take(start, start + job.duration)
-            slots[job.id] = Slot(self.window.id, start, start + job.duration, lanes[n].crew_id)
+            else:
+                slots[job.id] = slot
         return slots, overflow
+
+    def fit(self, job: Job, deadline: datetime) -> Slot | None:
+        """Place one more job in the earliest gap that ends by ``deadline``, if any."""
+        not_after = min(self.window.end, deadline)
+        best: tuple[datetime, int] | None = None
+        lanes = self.lanes.get(job.skill, [])
+        for n, lane in enumerate(lanes):
+            start = lane.earliest_gap(self.start, not_after, job.duration)
+            if start is not None and (best is None or start < best[0]):
+                best = (start, n)
+        if best is None:
+            return None
+        start, n = best
+        lanes[n].take(start, start + job.duration)
+        return Slot(self.window.id, start, start + job.duration, lanes[n].crew_id)
 
     def _occupy_if_free(self, skill: str, slot: Slot) -> bool:
         for lane in self.lanes.get(skill, []):

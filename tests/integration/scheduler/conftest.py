@@ -1,0 +1,136 @@
+"""The scheduler service in-process: real SQLite, real nats-server, real gRPC channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from prognos.api.scheduler.v1 import scheduler_pb2_grpc
+from prognos.core import bus, telemetry
+from prognos.core.config import Settings
+from prognos.core.migrate import upgrade
+from prognos.core.natsserver import EmbeddedNats
+from prognos.core.server import GrpcServer
+from prognos.core.service import Runtime
+from prognos.core.store import EventStore, create_engine
+from prognos.scheduler.bootstrap import TRANSLATORS, build
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "scheduler" / "migrations"
+
+#: Fast timings for tests: plan right after a change, retry webhooks within a second.
+FAST = {
+    "schedule_debounce_s": 0.05,
+    "schedule_max_delay_s": 0.3,
+    "schedule_interval_s": 30.0,
+    "schedule_time_limit_s": 5.0,
+    "decision_audit_interval_s": 0.5,
+    "webhook_max_backoff_s": 0.5,
+    "webhook_poll_s": 0.1,
+    "webhook_timeout_s": 2.0,
+    "relay_poll_s": 0.05,
+    "consumer_batch_size": 200,
+    "shutdown_grace_s": 1.0,
+}
+
+
+@dataclass
+class Scheduler:
+    """A running scheduler and what a test needs to talk to it."""
+
+    settings: Settings
+    store: EventStore
+    runtime: Runtime
+    nc: Client
+    js: JetStreamContext
+    channel: grpc.aio.Channel
+    stub: scheduler_pb2_grpc.MaintenanceSchedulerStub
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
+    """Serve the scheduler as ``prognos.core.service.serve`` does, without the signals."""
+    upgrade(settings, MIGRATIONS)
+    telemetry.setup(settings)
+    engine = create_engine(settings)
+    store = EventStore(engine, "scheduler")
+    nc = await bus.connect(settings)
+    js = nc.jetstream()
+    for stream in ("SCHEDULER", "INFERENCE"):
+        await bus.ensure_stream(js, stream)
+    relay = bus.OutboxRelay(store, js, poll_s=settings.relay_poll_s)
+    server = GrpcServer(settings, version="0+test", error_translators=TRANSLATORS)  # type: ignore[arg-type]
+    runtime = Runtime(settings, store, nc, js, server, relay)
+    await build(runtime)
+
+    async def stop_consuming() -> None:
+        await asyncio.gather(*(c.stop() for c in runtime.consumers))
+
+    server.on_shutdown(stop_consuming)
+    server.on_closed(relay.stop)
+    relay.start()
+    for consumer in runtime.consumers:
+        consumer.start()
+    tasks = [asyncio.create_task(job()) for job in runtime.background]
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        yield Scheduler(
+            settings,
+            store,
+            runtime,
+            nc,
+            js,
+            channel,
+            scheduler_pb2_grpc.MaintenanceSchedulerStub(channel),
+        )
+    finally:
+        await channel.close()
+        await server.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.drain()
+        await engine.dispose()
+
+
+@pytest.fixture
+def scheduler_settings(tmp_path: Path, nats_server: EmbeddedNats) -> Callable[..., Settings]:
+    """Settings of a scheduler on its own SQLite file and the test's nats-server."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            **FAST,
+            "data_dir": tmp_path,
+            "nats_url": nats_server.url,
+            "grpc_port": 0,
+            **overrides,
+        }
+        return Settings.load("scheduler", **values)
+
+    return make
+
+
+@pytest.fixture
+async def scheduler(
+    scheduler_settings: Callable[..., Settings],
+) -> AsyncIterator[Scheduler]:
+    async with running_scheduler(scheduler_settings()) as running:
+        yield running
+
+
+@pytest.fixture
+async def listener(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
+    """A plain NATS connection for watching subjects."""
+    nc = await nats.connect(nats_server.url)
+    yield nc
+    await nc.drain()

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ OPEN_SERVICES: frozenset[str] = frozenset(
 """Services any caller may use without a token: probes and tooling."""
 
 _LEEWAY = timedelta(seconds=30)  # clock skew between the issuer and this process
+_VERIFIED_TOKENS = 1024
 _principal: ContextVar[Principal | None] = ContextVar("prognos_principal", default=None)
 
 
@@ -371,6 +373,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._service = service
         self._issuer = issuer
         self._rules: dict[str, MethodAccess] = {}
+        # Verified tokens, until they expire: a caller sends the same token on every call,
+        # and checking its signature each time would cost more than many handlers.
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     def _rule(self, method: str) -> MethodAccess:
         rule = self._rules.get(method)
@@ -403,8 +408,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 domain=self._service,
                 metadata={"method": rule.method},
             )
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at and cached.expires_at > datetime.now(UTC):
+            return cached
         try:
-            return verify_token(self._public_key, token, issuer=self._issuer)
+            principal = verify_token(self._public_key, token, issuer=self._issuer)
         except UnauthenticatedError as error:
             raise UnauthenticatedError(
                 str(error),
@@ -412,6 +420,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 domain=self._service,
                 metadata={"method": rule.method},
             ) from None
+        self._verified[token] = principal
+        while len(self._verified) > _VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
 
     def _authorise(self, rule: MethodAccess, principal: Principal) -> None:
         if principal.may_call(rule.roles):

@@ -57,6 +57,21 @@ def write_cmapss(path: Path, units: int, seed: int) -> Path:
     return path
 
 
+def write_nasa_test(test: Path, truth: Path, units: int, seed: int) -> tuple[Path, Path]:
+    """A test file of units cut before failure, and the truth file of their remaining lives."""
+    rng = np.random.default_rng(seed + 1000)
+    lines, remaining = [], []
+    for unit, rows in enumerate(fleet(units, seed), start=1):
+        keep = int(rng.integers(15, len(rows) - 5))
+        for row in rows[:keep]:
+            values = [str(unit), str(int(row[0]))] + [f"{v:.4f}" for v in row[1:]]
+            lines.append(" ".join(values) + "  \n")
+        remaining.append(f"{len(rows) - keep}\n")
+    test.write_text("".join(lines))
+    truth.write_text("".join(remaining))
+    return test, truth
+
+
 def _sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 

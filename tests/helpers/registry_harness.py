@@ -207,7 +207,7 @@ async def upload(
     stub: registry_pb2_grpc.ModelRegistryStub, path: Path, name: str | None = None
 ) -> registry_pb2.ModelArtifact:
     """Upload a file in 64 KiB chunks."""
-    data = path.read_bytes()
+    data = await asyncio.to_thread(path.read_bytes)
 
     def requests() -> Any:
         yield registry_pb2.UploadArtifactRequest(
@@ -218,6 +218,11 @@ async def upload(
 
     reply = await stub.UploadArtifact(requests(), timeout=30)
     return reply.artifact
+
+
+def any_alive(pids: list[int]) -> bool:
+    """Whether one of the processes still exists."""
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def worker_pids(run_id: str) -> list[int]:

@@ -139,15 +139,19 @@ async def test_a_run_streams_its_progress_and_registers_a_candidate_with_its_lin
         assert name in version.metrics
 
 
+def _check_stored(artifact: registry_pb2.ModelArtifact) -> None:
+    path = Path(artifact.uri.removeprefix("file://"))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert artifact.content_hash == f"sha256:{digest}"
+    assert path.parts[-3:] == ("sha256", digest[:2], digest)
+    assert artifact.size_bytes == path.stat().st_size
+
+
 async def test_artifacts_lie_in_the_content_addressed_store(trained: Trained) -> None:
     artifacts = {a.name: a for a in trained.version.artifacts}
     assert set(REQUIRED) <= set(artifacts)
     for artifact in artifacts.values():
-        path = Path(artifact.uri.removeprefix("file://"))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert artifact.content_hash == f"sha256:{digest}"
-        assert path.parts[-3:] == ("sha256", digest[:2], digest)
-        assert artifact.size_bytes == path.stat().st_size
+        _check_stored(artifact)
 
 
 async def test_the_run_is_published_and_audited(registry: Any, trained: Trained) -> None:
@@ -357,7 +361,7 @@ async def test_a_drift_alert_retrains_and_cancelling_stops_the_worker(
 
     assert cancelled.run.state == registry_pb2.TRAINING_RUN_STATE_CANCELLED
     await assert_eventually(lambda: not harness.worker_pids(run.id), timeout=30)
-    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not harness.any_alive(pids)
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await alice.CancelTraining(registry_pb2.CancelTrainingRequest(run_id=run.id), timeout=10)
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -6,6 +6,8 @@ import typer
 
 from prognos.cli import audit, certs, launcher, tokens, traces
 from prognos.cli import ingest as ingest_commands
+from prognos.cli import models as model_commands
+from prognos.cli import training as training_commands
 
 app = typer.Typer(
     name="prognos",
@@ -24,6 +26,10 @@ app.command("ingest")(ingest_commands.ingest)
 app.add_typer(ingest_commands.import_app, name="import")
 app.command("quarantine")(ingest_commands.quarantine)
 app.add_typer(ingest_commands.snapshot_app, name="snapshot")
+app.command("train")(training_commands.train)
+app.command("evaluate")(training_commands.evaluate)
+app.add_typer(training_commands.training_app, name="training")
+app.add_typer(model_commands.app, name="models")
 
 if __name__ == "__main__":
     app()

@@ -4,6 +4,12 @@ Each entry holds the hash of the entry before it, and its own hash covers its se
 number, content and that previous hash. Editing an entry breaks its own hash; deleting one
 leaves a gap in the sequence and a broken link; reordering breaks both. ``verify`` walks the
 chain and names the first entry that does not hold.
+
+The services never delete audit entries (``audit_retention_days``, 180 by default, is how
+long operators must keep them at least); the chain's head is anchored outside the
+database by ``prognos.core.anchoring``. Personal data must stay out of the hashed content
+so that it can be erased without breaking the chain: details name a person by a reference
+(``person/<id>``) into a table of their own, whose values can be destroyed on request.
 """
 
 from __future__ import annotations

@@ -206,9 +206,7 @@ async def test_an_allowed_call_is_audited_with_its_principal_and_trace(fleet: Ru
         )
 
     [entry] = [
-        e
-        for e in await _entries_after(fleet, "ingest", start)
-        if e.subject == f"asset_type/{name}"
+        e for e in await _entries_after(fleet, "ingest", start) if e.subject == f"asset_type/{name}"
     ]
     assert entry.actor == subject
     spans_dir = Path(fleet.data_dir) / "spans"

@@ -219,29 +219,37 @@ async def test_more_work_than_capacity_places_the_riskiest_first_and_says_why_no
     s = scheduler
     plant = "tight"
     risks = {"t-1": 0.82, "t-2": 0.99, "t-3": 0.9, "t-4": 0.95, "t-5": 0.85, "t-6": 0.97}
-    assets = [erp_asset(a, plant, hours=4) for a in risks]
-    # One window of 8 h tomorrow and one crew of capacity 1: room for two 4 h jobs.
-    tomorrow = datetime.now(UTC) + timedelta(days=1)
-    await setup_plant(s, plant, assets, capacity=1, days=0, start=tomorrow)
+    assets = [erp_asset(a, plant, hours=4) for a in [*risks, "t-7"]]
+    await s.stub.UpsertAssets(S.UpsertAssetsRequest(idempotency_key=key(), assets=assets))
     now = datetime.now(UTC)
     predictions = [prediction(a, p, now, plant=plant) for a, p in risks.items()]
     # Fails in an hour: no window before that.
     predictions.append(prediction("t-7", 0.9, now, plant=plant, rul_hours=1))
     # No master data at all.
     predictions.append(prediction("t-8", 0.9, now, plant=plant))
-    await s.stub.UpsertAssets(
-        S.UpsertAssetsRequest(idempotency_key=key(), assets=[erp_asset("t-7", plant)])
-    )
     await publish_predictions(s.js, predictions)
+
+    async def all_proposed() -> None:
+        orders = await orders_of(s, plant=plant)
+        assert len(orders) == 8
+        assert all(o.HasField("unplaced") for o in orders)
+
+    await assert_eventually(all_proposed, timeout=20)
+    # Then one window of 8 h tomorrow and one crew of capacity 1: room for two 4 h jobs.
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    await s.stub.UpsertCalendar(calendar(plant, tomorrow, 0, key=key()))
+    await s.stub.UpsertCrews(
+        S.UpsertCrewsRequest(
+            idempotency_key=key(),
+            crews=[S.Crew(crew_id=f"{plant}-mech", plant=plant, skill="mechanical", capacity=1)],
+        )
+    )
 
     async def planned() -> dict[str, scheduler_pb2.WorkOrder]:
         orders = {o.asset_id: o for o in await orders_of(s, plant=plant)}
-        orders.update({o.asset_id: o for o in await orders_of(s, asset_id="t-8")})
         assert len(orders) == 8
-        assert all(
-            o.state == S.WORK_ORDER_STATE_RELEASED or o.HasField("unplaced")
-            for o in orders.values()
-        ), [(o.asset_id, o.state) for o in orders.values()]
+        assert len([o for o in orders.values() if o.HasField("slot")]) == 2
+        assert orders["t-7"].unplaced.reason == S.UNPLACED_REASON_NO_WINDOW_BEFORE_FAILURE
         return orders
 
     orders = await assert_eventually(planned, timeout=30)

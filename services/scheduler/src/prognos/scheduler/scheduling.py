@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _APPLY_CHUNK = 200
+_writing_plan: ContextVar[bool] = ContextVar("prognos_scheduler_writing_plan", default=False)
 
 #: Reasons the planner gives from the free crew time alone; with work already committed to
 #: the ERP in the windows, the truth may be that they are full.
@@ -127,7 +129,6 @@ class Planner:
         self._costs = costs or PlanningCosts()
         self._clock = clock
         self._wake = asyncio.Event()
-        self._applying = False
         self._stopping = False
         self._lock = asyncio.Lock()
         self.passes = 0
@@ -139,8 +140,9 @@ class Planner:
         self._wake.set()
 
     def _on_commit(self) -> None:
-        # The planner's own commits change nothing it has to plan again for.
-        if not self._applying:
+        # The planner's own commits change nothing it has to plan again for; commits are
+        # announced in the committing task, so the context tells whose commit this was.
+        if not _writing_plan.get():
             self._wake.set()
 
     def stop(self) -> None:
@@ -185,7 +187,7 @@ class Planner:
             changes, info = await self._solve(snapshot)
             applied = handlers.AppliedPlan()
             # Written in chunks, so the writer lock is never held for long.
-            self._applying = True
+            token = _writing_plan.set(True)
             try:
                 for start in range(0, len(changes), _APPLY_CHUNK):
                     async with self._store.transaction(actor="service:scheduler") as uow:
@@ -201,7 +203,7 @@ class Planner:
                     async with self._store.transaction(actor="service:scheduler") as uow:
                         await handlers.record_plan(uow, {**info, **applied.__dict__})
             finally:
-                self._applying = False
+                _writing_plan.reset(token)
             if applied.stale:
                 self.wake()  # some orders changed while we planned: plan them again
             self.passes += 1

@@ -25,7 +25,11 @@ class PredictionMade(_message.Message):
     """Integration events published by the inference service on the INFERENCE JetStream
     stream, each as the payload of a prognos.api.common.v1.Envelope.
 
-    PredictionMade: a model scored an asset.
+    PredictionMade: a model scored an asset from its live telemetry. The champion's
+    predictions are published on `inference.prediction.made`, the challenger's (shadow =
+    true, never to be acted on) on `inference.prediction.shadow`. The envelope id is the
+    prediction id, derived from the asset, the model version and the input digest, so the
+    same window scored twice (after a replica restart) is one message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -71,7 +75,9 @@ class FeatureDrift(_message.Message):
     ks_pvalue: _builtins.float
     """p-value of the Kolmogorov-Smirnov test."""
     wasserstein: _builtins.float
-    """Wasserstein (earth mover's) distance, in the feature's unit."""
+    """Wasserstein (earth mover's) distance between the live and the training values, both
+    scaled as the model sees them (per operating regime, in training standard deviations).
+    """
     drifted: _builtins.bool
     """True when this feature crossed the configured drift threshold."""
     def __init__(
@@ -94,7 +100,10 @@ Global___FeatureDrift: _TypeAlias = FeatureDrift  # noqa: Y015
 
 @_typing.final
 class DriftDetected(_message.Message):
-    """DriftDetected: live inputs of an asset type no longer look like the model's training data."""
+    """DriftDetected: live inputs of an asset type no longer look like the model's training data.
+    Published on `inference.drift.detected`, at most once per asset type, model version and
+    drift check period, whichever replica noticed it first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -104,12 +113,15 @@ class DriftDetected(_message.Message):
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
     SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
     asset_type: _builtins.str
     """The asset type."""
     model_version: _builtins.str
     """Model version whose training data is the reference."""
     sample_count: _builtins.int
     """Number of live samples in the window."""
+    replica_id: _builtins.str
+    """Replica that evaluated the drift."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
         """Drift statistics of every monitored feature."""
@@ -131,10 +143,11 @@ class DriftDetected(_message.Message):
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
         sample_count: _builtins.int = ...,
+        replica_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "features", b"features", "model_version", b"model_version", "sample_count", b"sample_count", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "features", b"features", "model_version", b"model_version", "replica_id", b"replica_id", "sample_count", b"sample_count", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -205,18 +205,35 @@ Global___Prediction: _TypeAlias = Prediction  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):
-    """PredictRequest names the asset to score."""
+    """PredictRequest names the asset to score and, optionally, what to score it on.
+
+    With neither `window` nor `readings`, the asset's live window is scored (the newest
+    readings the service holds). With `window`, the readings held for the asset in that time
+    range (up to the model's window length, the newest ones) are scored; the service keeps a
+    bounded history per asset, so an old range fails with OUT_OF_RANGE. With `readings`, the
+    given readings are scored and nothing is kept. A prediction made on request is returned,
+    not published.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSET_ID_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
+    READINGS_FIELD_NUMBER: _builtins.int
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """Identifier of the asset."""
+    asset_type: _builtins.str
+    """Asset type of `readings` when the service does not know the asset."""
     @_builtins.property
     def window(self) -> Global___TimeWindow:
-        """The readings to score; unset for the asset's latest feature window. Its length must
-        cover the model's input window.
+        """Score the held readings in this time range instead of the newest ones."""
+
+    @_builtins.property
+    def readings(self) -> _ingest_pb2.TelemetryBatch:
+        """Score these readings (in the channels' canonical units; rows need not be sorted; the
+        newest rows up to the model's window length are used, fewer are padded as in
+        training). `asset_id` inside is ignored.
         """
 
     def __init__(
@@ -224,10 +241,12 @@ class PredictRequest(_message.Message):
         *,
         asset_id: _builtins.str = ...,
         window: Global___TimeWindow | None = ...,
+        readings: _ingest_pb2.TelemetryBatch | None = ...,
+        asset_type: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["readings", b"readings", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "readings", b"readings", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,3 +427,229 @@ class StreamPredictionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamPredictionsResponse: _TypeAlias = StreamPredictionsResponse  # noqa: Y015
+
+@_typing.final
+class GetServingStateRequest(_message.Message):
+    """GetServingStateRequest says how much to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_WINDOWS_FIELD_NUMBER: _builtins.int
+    include_windows: _builtins.bool
+    """Also list every live window this replica holds (one entry per asset)."""
+    def __init__(
+        self,
+        *,
+        include_windows: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_windows", b"include_windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingStateRequest: _TypeAlias = GetServingStateRequest  # noqa: Y015
+
+@_typing.final
+class ShadowComparison(_message.Message):
+    """ShadowComparison compares the challenger's shadow scores with the champion's on the same
+    windows, since the challenger was loaded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAIRS_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_PROBABILITY_DIFF_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_RUL_DIFF_FIELD_NUMBER: _builtins.int
+    ALERT_AGREEMENT_FIELD_NUMBER: _builtins.int
+    pairs: _builtins.int
+    """Windows scored by both."""
+    mean_abs_probability_diff: _builtins.float
+    """Mean absolute difference of the failure probabilities."""
+    mean_abs_rul_diff: _builtins.float
+    """Mean absolute difference of the remaining useful lives (in the horizon's unit)."""
+    alert_agreement: _builtins.float
+    """Share of windows on which both agree whether the alert threshold is crossed."""
+    def __init__(
+        self,
+        *,
+        pairs: _builtins.int = ...,
+        mean_abs_probability_diff: _builtins.float = ...,
+        mean_abs_rul_diff: _builtins.float = ...,
+        alert_agreement: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_agreement", b"alert_agreement", "mean_abs_probability_diff", b"mean_abs_probability_diff", "mean_abs_rul_diff", b"mean_abs_rul_diff", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowComparison: _TypeAlias = ShadowComparison  # noqa: Y015
+
+@_typing.final
+class ServedModels(_message.Message):
+    """ServedModels is what one asset type is scored with on this replica."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    CHALLENGER_VERSION_FIELD_NUMBER: _builtins.int
+    WINDOW_LENGTH_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    CHAMPION_LOADED_AT_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type."""
+    champion_version: _builtins.str
+    """Version whose predictions are published and acted on; empty when none is loaded."""
+    challenger_version: _builtins.str
+    """Version scored in shadow; empty when none."""
+    window_length: _builtins.int
+    """Input window length of the champion, in readings."""
+    @_builtins.property
+    def shadow(self) -> Global___ShadowComparison:
+        """How the challenger compares with the champion."""
+
+    @_builtins.property
+    def champion_loaded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the champion was loaded on this replica."""
+
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        champion_version: _builtins.str = ...,
+        challenger_version: _builtins.str = ...,
+        window_length: _builtins.int = ...,
+        shadow: Global___ShadowComparison | None = ...,
+        champion_loaded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["champion_loaded_at", b"champion_loaded_at", "shadow", b"shadow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "challenger_version", b"challenger_version", "champion_loaded_at", b"champion_loaded_at", "champion_version", b"champion_version", "shadow", b"shadow", "window_length", b"window_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServedModels: _TypeAlias = ServedModels  # noqa: Y015
+
+@_typing.final
+class LiveWindow(_message.Message):
+    """LiveWindow is the recent readings held for one asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    CAPACITY_ROWS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    LAST_READING_TIME_FIELD_NUMBER: _builtins.int
+    REBUILDING_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    """The asset."""
+    asset_type: _builtins.str
+    """Its asset type."""
+    rows: _builtins.int
+    """Readings (rows) held."""
+    capacity_rows: _builtins.int
+    """Most rows kept for the asset; older ones are dropped."""
+    bytes: _builtins.int
+    """Memory reserved for the asset's window, in bytes."""
+    rebuilding: _builtins.bool
+    """True while the window is being rebuilt from the stream after the asset moved here."""
+    @_builtins.property
+    def last_reading_time(self) -> _timestamp_pb2.Timestamp:
+        """Time of the newest reading held."""
+
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        asset_type: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        capacity_rows: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        last_reading_time: _timestamp_pb2.Timestamp | None = ...,
+        rebuilding: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_reading_time", b"last_reading_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "bytes", b"bytes", "capacity_rows", b"capacity_rows", "last_reading_time", b"last_reading_time", "rebuilding", b"rebuilding", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveWindow: _TypeAlias = LiveWindow  # noqa: Y015
+
+@_typing.final
+class Replica(_message.Message):
+    """Replica is one inference process sharing the telemetry stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    """Identifier of the replica."""
+    address: _builtins.str
+    """Its gRPC address; empty until it serves."""
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "replica_id", b"replica_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replica: _TypeAlias = Replica  # noqa: Y015
+
+@_typing.final
+class GetServingStateResponse(_message.Message):
+    """GetServingStateResponse describes the replica."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    ASSET_COUNT_FIELD_NUMBER: _builtins.int
+    WINDOW_BYTES_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    """Identifier of the replica that answered."""
+    asset_count: _builtins.int
+    """Number of assets whose live windows this replica holds."""
+    window_bytes: _builtins.int
+    """Memory of all those windows, in bytes."""
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Replica]:
+        """The replicas that share the telemetry stream now, including this one, by id."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServedModels]:
+        """Models per asset type."""
+
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___LiveWindow]:
+        """With include_windows: every live window, by asset id."""
+
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        replicas: _abc.Iterable[Global___Replica] | None = ...,
+        models: _abc.Iterable[Global___ServedModels] | None = ...,
+        asset_count: _builtins.int = ...,
+        window_bytes: _builtins.int = ...,
+        windows: _abc.Iterable[Global___LiveWindow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_count", b"asset_count", "models", b"models", "replica_id", b"replica_id", "replicas", b"replicas", "window_bytes", b"window_bytes", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingStateResponse: _TypeAlias = GetServingStateResponse  # noqa: Y015

@@ -55,6 +55,11 @@ class InferenceServiceStub:
                 request_serializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsResponse.FromString,
                 _registered_method=True)
+        self.GetServingState = channel.unary_unary(
+                '/prognos.api.inference.v1.InferenceService/GetServingState',
+                request_serializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -89,6 +94,15 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServingState(self, request, context):
+        """GetServingState describes the replica that answers: the models it serves per asset type
+        (champion, challenger and how their shadow scores compare), the replicas that share the
+        telemetry stream, and, on request, every live window it holds with its memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +120,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.StreamPredictions,
                     request_deserializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsRequest.FromString,
                     response_serializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsResponse.SerializeToString,
+            ),
+            'GetServingState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingState,
+                    request_deserializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -195,6 +214,33 @@ class InferenceService:
             '/prognos.api.inference.v1.InferenceService/StreamPredictions',
             prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsRequest.SerializeToString,
             prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.StreamPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.inference.v1.InferenceService/GetServingState',
+            prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateRequest.SerializeToString,
+            prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServingStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

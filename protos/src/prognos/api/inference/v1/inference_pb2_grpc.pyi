@@ -49,6 +49,11 @@ class InferenceServiceStub:
     """StreamPredictions follows the predictions made from live telemetry, filtered. The
     stream starts with predictions made after the call and runs until cancelled.
     """
+    GetServingState: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetServingStateRequest, _inference_pb2.GetServingStateResponse]
+    """GetServingState describes the replica that answers: the models it serves per asset type
+    (champion, challenger and how their shadow scores compare), the replicas that share the
+    telemetry stream, and, on request, every live window it holds with its memory.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -70,6 +75,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     StreamPredictions: _aio.UnaryStreamMultiCallable[_inference_pb2.StreamPredictionsRequest, _inference_pb2.StreamPredictionsResponse]  # type: ignore[assignment]
     """StreamPredictions follows the predictions made from live telemetry, filtered. The
     stream starts with predictions made after the call and runs until cancelled.
+    """
+    GetServingState: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetServingStateRequest, _inference_pb2.GetServingStateResponse]  # type: ignore[assignment]
+    """GetServingState describes the replica that answers: the models it serves per asset type
+    (champion, challenger and how their shadow scores compare), the replicas that share the
+    telemetry stream, and, on request, every live window it holds with its memory.
     """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +117,17 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_inference_pb2.StreamPredictionsResponse], _abc.AsyncIterator[_inference_pb2.StreamPredictionsResponse]]:
         """StreamPredictions follows the predictions made from live telemetry, filtered. The
         stream starts with predictions made after the call and runs until cancelled.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServingState(
+        self,
+        request: _inference_pb2.GetServingStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetServingStateResponse, _abc.Awaitable[_inference_pb2.GetServingStateResponse]]:
+        """GetServingState describes the replica that answers: the models it serves per asset type
+        (champion, challenger and how their shadow scores compare), the replicas that share the
+        telemetry stream, and, on request, every live window it holds with its memory.
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

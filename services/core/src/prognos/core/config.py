@@ -157,6 +157,39 @@ class Settings(BaseSettings):
     training_timeout_s: float = 3600.0
     retrain_period_s: float = 86400.0
     drift_retrain_min_interval_s: float = 3600.0
+    # Inference live scoring: each asset keeps its newest inference_history_rows readings
+    # (at least the model's window); assets whose window changed are scored together in a
+    # micro-batch that closes at inference_batch_size assets or inference_batch_deadline_s
+    # after its first asset; models run on inference_threads worker threads. A champion
+    # prediction at or above inference_alert_threshold is explained (top sensors, by
+    # occlusion) when it is also at or above inference_attribution_threshold (default: the
+    # alert threshold; 0 explains every prediction), and an upward crossing is audited.
+    inference_replica_id: str | None = Field(
+        default=None, description="Id of this inference replica (default <hostname>-<pid>)"
+    )
+    inference_history_rows: int = 64
+    inference_batch_size: int = 256
+    inference_batch_deadline_s: float = 0.005
+    inference_threads: int = 2
+    inference_alert_threshold: float = 0.5
+    inference_attribution_threshold: float | None = None
+    # Inference replicas: each announces itself in a KV bucket every heartbeat; one unheard
+    # of for inference_member_ttl_s is gone, and its assets move to the others, which
+    # rebuild their windows from the telemetry stream (from where the previous owner said
+    # its windows start, else inference_rebuild_lookback_s back).
+    inference_heartbeat_s: float = 1.0
+    inference_member_ttl_s: float = 5.0
+    inference_rebuild_lookback_s: float = 900.0
+    # Inference drift: every inference_drift_interval_s, the newest
+    # inference_drift_sample_rows live rows of each asset type (at least
+    # inference_drift_min_samples) are compared per feature with the champion's training
+    # reference; a feature drifts when its PSI reaches inference_drift_psi_threshold and
+    # its KS p-value is below inference_drift_ks_alpha.
+    inference_drift_interval_s: float = 300.0
+    inference_drift_sample_rows: int = 5_000
+    inference_drift_min_samples: int = 500
+    inference_drift_psi_threshold: float = 0.2
+    inference_drift_ks_alpha: float = 0.01
     # Fault injection for crash tests: "<point>:<n>" makes the relay SIGKILL itself at the
     # n-th pass through <point> ("after_commit" or "after_publish"). Never set in production.
     relay_crash_at: str | None = None

@@ -1,0 +1,174 @@
+"""Serve-time preprocessing: raw channel windows to the model's input, from the exported JSON.
+
+The registry exports a model's preprocessing as ``preprocessing.json``; this module reads
+it without the training code and reproduces the recipe on whole batches of windows:
+
+1. each row's operating regime is the nearest regime centroid, distances measured in
+   rounding steps of each operating setting (``10 ** -decimals``);
+2. the kept features are z-scored with that regime's mean and standard deviation;
+3. a window is the newest ``window`` rows, oldest first; a shorter history is padded at
+   the front with its oldest row (``WindowTable.windows`` does that).
+
+Live readings have gaps (a quarantined reading is NaN): a missing value is carried
+forward from the last reading of its channel (backward at the window's start), and a
+feature with no reading in the whole window takes its regime's mean.
+
+Training columns and telemetry channels may be named differently: the JSON may map them
+(``"channels": {"s2": "sensor_2"}``); otherwise a column is found by its own name, and
+the C-MAPSS training names (``setting_<n>``, ``s<n>``) also match the turbofan channels
+(``op_setting_<n>``, ``sensor_<n>``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_CMAPSS_ALIASES = (
+    (re.compile(r"^setting_(\d+)$"), "op_setting_{}"),
+    (re.compile(r"^s(\d+)$"), "sensor_{}"),
+)
+
+
+class PreprocessingFormatError(ValueError):
+    """The preprocessing JSON is not in a format this service reads."""
+
+
+class MissingChannelError(LookupError):
+    """The model needs a channel the asset's readings do not have."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(f"readings lack the channels {', '.join(names)}")
+        self.names = tuple(names)
+
+
+@dataclass(frozen=True, eq=False)
+class ServingPreprocessing:
+    """A model's preprocessing, ready to apply to batches of raw windows."""
+
+    window: int
+    rul_clip: float
+    horizon_cycles: float
+    setting_columns: tuple[str, ...]
+    setting_steps: np.ndarray = field(repr=False)
+    regime_centroids: np.ndarray = field(repr=False)
+    features: tuple[str, ...]
+    means: np.ndarray = field(repr=False)
+    stds: np.ndarray = field(repr=False)
+    channel_names: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServingPreprocessing:
+        """Read the registry's ``preprocessing.json`` document.
+
+        Raises:
+            PreprocessingFormatError: Unknown format version or missing keys.
+        """
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PreprocessingFormatError(
+                f"unsupported preprocessing format {data.get('format_version')!r}"
+            )
+        if data.get("padding", "edge") != "edge":
+            raise PreprocessingFormatError(f"unsupported padding {data.get('padding')!r}")
+        try:
+            decimals = np.asarray(data["setting_decimals"], np.float64)
+            return cls(
+                window=int(data["window"]),
+                rul_clip=float(data["rul_clip"]),
+                horizon_cycles=float(data["horizon_cycles"]),
+                setting_columns=tuple(data["setting_columns"]),
+                setting_steps=10.0**-decimals,
+                regime_centroids=np.asarray(data["regime_centroids"], np.float64),
+                features=tuple(data["features"]),
+                means=np.asarray(data["means"], np.float64),
+                stds=np.asarray(data["stds"], np.float64),
+                channel_names=dict(data.get("channels", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PreprocessingFormatError(f"malformed preprocessing: {e!r}") from None
+
+    def channel_for(self, column: str, available: Sequence[str]) -> str | None:
+        """The telemetry channel holding training column ``column``, among ``available``."""
+        named = self.channel_names.get(column)
+        if named is not None:
+            return named if named in available else None
+        if column in available:
+            return column
+        for pattern, template in _CMAPSS_ALIASES:
+            match = pattern.match(column)
+            if match and template.format(match.group(1)) in available:
+                return template.format(match.group(1))
+        return None
+
+    def resolve(self, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into ``channels`` of the settings and of the features.
+
+        Raises:
+            MissingChannelError: Some column has no channel.
+        """
+        settings, features, missing = [], [], []
+        for target, columns in ((settings, self.setting_columns), (features, self.features)):
+            for column in columns:
+                channel = self.channel_for(column, channels)
+                if channel is None:
+                    missing.append(column)
+                else:
+                    target.append(channels.index(channel))
+        if missing:
+            raise MissingChannelError(missing)
+        return np.asarray(settings, np.int64), np.asarray(features, np.int64)
+
+    def inputs(self, raw: np.ndarray, resolved: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The model input of a batch of raw windows.
+
+        Args:
+            raw: ``(batch, window, channels)`` raw values, NaN where a reading is missing.
+            resolved: ``resolve(channels)``.
+
+        Returns:
+            ``(batch, window, features)`` float32.
+        """
+        setting_index, feature_index = resolved
+        settings = fill_gaps(raw[:, :, setting_index].astype(np.float64))
+        regimes = self.regimes(settings)
+        values = fill_gaps(raw[:, :, feature_index].astype(np.float64))
+        normalised = (values - self.means[regimes]) / self.stds[regimes]
+        np.nan_to_num(normalised, copy=False, nan=0.0)
+        return normalised.astype(np.float32)
+
+    def regimes(self, settings: np.ndarray) -> np.ndarray:
+        """Nearest regime of each row of ``(..., settings)``; NaN settings are ignored."""
+        if len(self.regime_centroids) == 1:
+            return np.zeros(settings.shape[:-1], np.int64)
+        scaled = (settings[..., None, :] - self.regime_centroids) / self.setting_steps
+        distance = np.nansum(scaled * scaled, axis=-1)
+        return np.argmin(distance, axis=-1)
+
+
+def fill_gaps(values: np.ndarray) -> np.ndarray:
+    """Carry each column's last reading forward along axis 1, then backward at the start.
+
+    Args:
+        values: ``(batch, rows, columns)`` with NaN gaps.
+
+    Returns:
+        The filled array (a column without any reading stays NaN).
+    """
+    missing = np.isnan(values)
+    if not missing.any():
+        return values
+    rows = values.shape[1]
+    index = np.where(missing, 0, np.arange(rows)[None, :, None])
+    np.maximum.accumulate(index, axis=1, out=index)
+    filled = np.take_along_axis(values, index, axis=1)
+    still = np.isnan(filled)
+    if still.any():
+        back = np.where(np.isnan(filled), rows - 1, np.arange(rows)[None, :, None])
+        back = np.minimum.accumulate(back[:, ::-1], axis=1)[:, ::-1]
+        filled = np.take_along_axis(filled, back, axis=1)
+    return filled

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -294,3 +297,51 @@ def check_slots(plan: Fleet, orders: list[scheduler_pb2.WorkOrder]) -> None:
     assert placed >= len(orders) * 0.9
     for crew, slots in by_crew.items():
         assert overlaps_within_capacity(slots, CREWS[crew.rsplit("/", 1)[1]]), crew
+
+
+async def test_the_cli_lists_and_shows_work_orders(fleet: RunInfo) -> None:
+    plant = "plant-cli"
+    async with open_channel(fleet, "scheduler", role="erp") as channel:
+        stub = scheduler_pb2_grpc.MaintenanceSchedulerStub(channel)
+        await stub.UpsertAssets(
+            S.UpsertAssetsRequest(idempotency_key=key(), assets=[erp_asset("cli-1", plant)])
+        )
+        nc = await nats.connect(fleet.nats_url)
+        try:
+            await publish_predictions(
+                nc.jetstream(), [prediction("cli-1", 0.9, datetime.now(UTC), plant=plant)]
+            )
+        finally:
+            await nc.drain()
+
+        async def unplaced() -> scheduler_pb2.WorkOrder:
+            page = await stub.ListWorkOrders(S.ListWorkOrdersRequest(plant=plant))
+            assert len(page.work_orders) == 1 and page.work_orders[0].HasField("unplaced")
+            return page.work_orders[0]
+
+        order = await assert_eventually(unplaced, timeout=30)
+
+    async def prognos(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "prognos.cli.main",
+            "workorders",
+            *args,
+            "--data-dir",
+            fleet.data_dir,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, out.decode()
+        return out.decode()
+
+    listed = await prognos("list", "--plant", plant)
+    assert order.id[:8] in listed and "NO_WINDOW_FOR_PLANT" in listed
+    shown = json.loads(await prognos("show", order.id))
+    assert (
+        shown["id"] == order.id
+        and shown["unplaced"]["reason"] == "UNPLACED_REASON_NO_WINDOW_FOR_PLANT"
+    )

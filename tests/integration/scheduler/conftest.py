@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,20 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import text
 
 from prognos.api.scheduler.v1 import scheduler_pb2_grpc
 from prognos.core import bus, telemetry
 from prognos.core.config import Settings
-from prognos.core.migrate import upgrade
+from prognos.core.migrate import sync_url, upgrade
 from prognos.core.natsserver import EmbeddedNats
 from prognos.core.server import GrpcServer
 from prognos.core.service import Runtime
 from prognos.core.store import EventStore, create_engine
 from prognos.scheduler.bootstrap import TRANSLATORS, build
 
+PG_URL = os.environ.get("PROGNOS_TEST_PG_URL")
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "scheduler" / "migrations"
 
 #: Fast timings for tests: plan right after a change, retry webhooks within a second.
@@ -103,13 +108,32 @@ async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
         await engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The scheduler's database: a SQLite file, or a throwaway PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    if not PG_URL:
+        pytest.skip("PROGNOS_TEST_PG_URL is not set: no PostgreSQL to test against")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield {"database_url": PG_URL, "db_schema": schema}
+    engine = create_sync_engine(sync_url(PG_URL))
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
 @pytest.fixture
-def scheduler_settings(tmp_path: Path, nats_server: EmbeddedNats) -> Callable[..., Settings]:
-    """Settings of a scheduler on its own SQLite file and the test's nats-server."""
+def scheduler_settings(
+    tmp_path: Path, nats_server: EmbeddedNats, database: dict[str, Any]
+) -> Callable[..., Settings]:
+    """Settings of a scheduler on its own database and the test's nats-server."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             **FAST,
+            **database,
             "data_dir": tmp_path,
             "nats_url": nats_server.url,
             "grpc_port": 0,

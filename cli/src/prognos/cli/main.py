@@ -8,6 +8,7 @@ from prognos.cli import audit, certs, launcher, tokens, traces
 from prognos.cli import ingest as ingest_commands
 from prognos.cli import models as model_commands
 from prognos.cli import training as training_commands
+from prognos.cli import workorders as work_order_commands
 
 app = typer.Typer(
     name="prognos",
@@ -30,6 +31,7 @@ app.command("train")(training_commands.train)
 app.command("evaluate")(training_commands.evaluate)
 app.add_typer(training_commands.training_app, name="training")
 app.add_typer(model_commands.app, name="models")
+app.add_typer(work_order_commands.app, name="workorders")
 
 if __name__ == "__main__":
     app()

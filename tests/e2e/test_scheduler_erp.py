@@ -23,6 +23,7 @@ import nats
 import pytest
 
 from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.api.scheduler.v1 import events_pb2, scheduler_pb2, scheduler_pb2_grpc
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo
@@ -56,13 +57,40 @@ class Fleet:
         return {a for a, s in self.scores.items() if max(s) >= P_OPEN}
 
 
+def pump_type() -> ingest_pb2.AssetType:
+    """The asset type the ingest archive files the labels under."""
+    asset_type = ingest_pb2.AssetType(name="pump", display_name="Centrifugal pump")
+    asset_type.channels.add(name="bearing_temp", unit="degC", min_value=-40, max_value=150)
+    asset_type.channels.add(name="vibration", unit="mm/s", min_value=0, max_value=50)
+    for channel in asset_type.channels:
+        channel.expected_interval.FromSeconds(10)
+    asset_type.horizon.duration.FromSeconds(48 * 3600)
+    return asset_type
+
+
+async def archived_labels(fleet: RunInfo, asset_ids: list[str]) -> dict[str, int]:
+    """Label rows per asset in a fresh dataset snapshot of the ingest archive."""
+    async with open_channel(fleet, "ingest", role="ml-engineer") as channel:
+        response = await ingest_pb2_grpc.IngestServiceStub(channel).CreateDatasetSnapshot(
+            ingest_pb2.CreateDatasetSnapshotRequest(
+                name=f"labels-{uuid.uuid4().hex[:8]}", asset_type="pump", asset_ids=asset_ids
+            ),
+            timeout=60,
+        )
+    rows: dict[str, int] = defaultdict(int)
+    for f in response.snapshot.files:
+        if f.kind == ingest_pb2.DATASET_FILE_KIND_LABELS:
+            rows[f.asset_id] += f.row_count
+    return dict(rows)
+
+
 def make_fleet(seed: int = 6) -> Fleet:
     rng = random.Random(seed)
     assets: dict[str, scheduler_pb2.ErpAsset] = {}
     scores: dict[str, list[float]] = {}
     for n in range(200):
         plant = PLANTS[n % 2]
-        asset_id = f"{plant}/asset-{n:03d}"
+        asset_id = f"{plant}-asset-{n:03d}"
         assets[asset_id] = erp_asset(
             asset_id,
             plant,
@@ -125,6 +153,10 @@ def overlaps_within_capacity(slots: list[tuple[datetime, datetime]], capacity: i
 async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunInfo) -> None:
     plan = make_fleet()
     start = datetime.now(UTC) + timedelta(hours=12)
+    async with open_channel(fleet, "ingest", role="ml-engineer") as channel:
+        await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
+            ingest_pb2.RegisterAssetTypeRequest(asset_type=pump_type()), timeout=10
+        )
     async with open_channel(fleet, "scheduler", role="erp") as channel:
         stub = scheduler_pb2_grpc.MaintenanceSchedulerStub(channel)
         upserted = await stub.UpsertAssets(
@@ -244,6 +276,10 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
                 extra = await labels.next_msg(timeout=1)
                 pytest.fail(f"one label too many: {extra.subject}")
             await labels.unsubscribe()
+            # The ingest service archived each label once, for retraining.
+            completed_assets = sorted(o.asset_id for o in released)
+            archived = await archived_labels(fleet, completed_assets)
+            assert archived == dict.fromkeys(completed_assets, 1)
 
             final = await all_orders(stub)
             await assert_eventually(lambda: caught_up(watcher, final), timeout=20)

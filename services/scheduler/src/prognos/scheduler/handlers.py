@@ -20,6 +20,7 @@ from prognos.api.inference.v1 import inference_pb2
 from prognos.core.errors import NotFoundError
 from prognos.scheduler import adapters
 from prognos.scheduler.domain import (
+    MOVABLE_STATES,
     AssetData,
     AssetUpserted,
     Calendar,
@@ -573,7 +574,14 @@ async def apply_plan(
     plan_id: str,
     assets: dict[str, AssetData],
 ) -> AppliedPlan:
-    """Write (part of) a plan's changes; an order changed since it was planned is left alone."""
+    """Write (part of) a plan's changes.
+
+    Between the planner's read and this write, a work order can only have been cancelled
+    (it is skipped: its time is simply left free) or had its risk updated by a prediction
+    (it still takes its slot, which no other order of the plan uses, and the planner is
+    asked to plan again with the new risk). Slots are only ever given out by the planner,
+    so the plan's slots never collide with work committed meanwhile. Both count as stale.
+    """
     current = await adapters.versions_of(uow.conn, [c.work_order_id for c in changes])
     writer = WorkOrderWriter(uow)
     writer.known_erp_ids(assets)
@@ -581,8 +589,9 @@ async def apply_plan(
     for change in changes:
         if current.get(change.work_order_id) != change.version:
             counts["stale"] += 1
-            continue
         order = await load_work_order(uow, change.work_order_id)
+        if order.state not in MOVABLE_STATES:
+            continue
         details: dict[str, Any] = {"plan": plan_id}
         if change.slot is not None and change.slot != order.slot:
             order.schedule(change.slot, now)

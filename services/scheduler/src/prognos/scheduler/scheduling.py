@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -179,12 +179,21 @@ class Planner:
             except Exception:
                 log.warning("planning failed; trying again at the next change", exc_info=True)
 
-    async def plan_once(self) -> PlanResult:
-        """One planning pass: read, solve, pack, write. Passes never overlap."""
+    async def plan_once(
+        self, before_write: Callable[[], Awaitable[None]] | None = None
+    ) -> PlanResult:
+        """One planning pass: read, solve, pack, write. Passes never overlap.
+
+        Args:
+            before_write: awaited between solving and writing (tests use it to change
+                work orders while a plan is on its way).
+        """
         async with self._lock:
             started = time.perf_counter()
             snapshot = await self._read(self._clock())
             changes, info = await self._solve(snapshot)
+            if before_write is not None:
+                await before_write()
             applied = handlers.AppliedPlan()
             # Written in chunks, so the writer lock is never held for long.
             token = _writing_plan.set(True)

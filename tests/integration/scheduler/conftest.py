@@ -145,6 +145,14 @@ def scheduler_settings(
 
 
 @pytest.fixture
+def start_scheduler(
+    scheduler_settings: Callable[..., Settings],
+) -> Callable[..., contextlib.AbstractAsyncContextManager[Scheduler]]:
+    """Start a scheduler with settings of the test's choosing: ``async with start(**kw)``."""
+    return lambda **overrides: running_scheduler(scheduler_settings(**overrides))
+
+
+@pytest.fixture
 async def scheduler(
     scheduler_settings: Callable[..., Settings],
 ) -> AsyncIterator[Scheduler]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -380,3 +382,25 @@ async def test_a_completion_is_published_as_an_outcome_label(
     assert label.work_order_id == order.id
     assert label.cause.prediction_id == order.cause.prediction_id
     assert label.time == done.work_order.outcome.completed_at
+
+
+async def test_a_watch_wakes_on_commit_and_resumes_after_its_position(
+    start_scheduler: Callable[..., AbstractAsyncContextManager[Scheduler]],
+) -> None:
+    # Polling every 30 s: a change that shows within seconds was announced by its commit.
+    async with start_scheduler(watch_poll_s=30.0) as s:
+        call = s.stub.WatchWorkOrders(S.WatchWorkOrdersRequest())
+        await publish_predictions(s.js, [prediction("w-1", 0.9, datetime.now(UTC), plant="w")])
+        first = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+        assert first.event_type == "prognos.api.scheduler.v1.WorkOrderProposed"
+        assert first.work_order.version == 1
+        # The planner cannot place it: the next change, and only it, follows the position.
+        call = s.stub.WatchWorkOrders(S.WatchWorkOrdersRequest(after_position=first.position))
+        second = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+        assert second.position > first.position
+        assert second.event_type == "prognos.api.scheduler.v1.WorkOrderUnplaced"
+        assert second.work_order.id == first.work_order.id
+        assert second.work_order.version == 2
+        assert second.work_order.unplaced.reason == S.UNPLACED_REASON_NO_MASTER_DATA

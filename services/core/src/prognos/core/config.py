@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     decision_audit_interval_s: float = 60.0
     # Scheduler idempotency keys are remembered this long.
     idempotency_retention_h: float = 168.0
+    # A WatchWorkOrders stream wakes on every commit; it also looks every watch_poll_s, for
+    # changes another replica made when no notice of them reached this one.
+    watch_poll_s: float = 1.0
     # Scheduler webhooks: each endpoint's shared secret is the file named after it in
     # webhook_secrets_dir (default data_dir/secrets/webhooks); a POST times out after
     # webhook_timeout_s; failed deliveries wait at most webhook_max_backoff_s between tries.

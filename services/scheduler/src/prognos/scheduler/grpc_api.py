@@ -338,7 +338,7 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
         self, request: scheduler_pb2.WatchWorkOrdersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.WatchWorkOrdersResponse]:
         position = request.after_position
-        poll_s = max(self._settings.webhook_poll_s, 0.5)
+        poll_s = self._settings.watch_poll_s
         while not self._notifier.closed:
             waiter = self._notifier.waiter()  # before the read: see feed.ChangeNotifier
             async with self._store.reader() as conn:

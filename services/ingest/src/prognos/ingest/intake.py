@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -240,41 +241,41 @@ def read_batch(batch: ingest_pb2.TelemetryBatch, *, max_rows: int) -> RawBatch:
     return RawBatch(batch.batch_id, batch.asset_id, ts, columns)
 
 
-def _screen(
-    raw: RawBatch, spec: AssetTypeSpec
-) -> tuple[list[tuple[str, str, np.ndarray]], list[ColumnRejection]]:
-    """Split columns into those to validate and those kept out whole, with the reason."""
-    good: list[tuple[str, str, np.ndarray]] = []
-    rejected: list[ColumnRejection] = []
+@dataclass(frozen=True)
+class _Decision:
+    """What becomes of a column with a given name and unit, at a given position."""
+
+    sent_unit: str
+    reason: int = 0
+    detail: str = ""
+
+
+@lru_cache(maxsize=4_096)
+def _decisions(
+    spec: AssetTypeSpec, columns: tuple[tuple[int, str, str], ...]
+) -> tuple[_Decision, ...]:
+    """Per column (position, name, unit as sent): accepted in which unit, or kept out and why."""
+    by_name = {channel.name: channel for channel in spec.channels}
     seen: set[str] = set()
-    rows = raw.rows
-    for i, name, unit, values, problem in raw.columns:
+    decisions = []
+    for i, name, unit in columns:
         where = f"channels[{i}]"
-        if problem:
-            rejected.append(
-                ColumnRejection(name, unit, _REASON.QUARANTINE_REASON_MALFORMED, problem, rows)
-            )
-            continue
-        channel: SensorChannel | None = spec.channel(name)
+        channel = by_name.get(name)
         if channel is None:
-            rejected.append(
-                ColumnRejection(
-                    name,
+            decisions.append(
+                _Decision(
                     unit,
                     _REASON.QUARANTINE_REASON_UNKNOWN_CHANNEL,
                     f"{where}.name: {name!r} is not a channel of asset type {spec.name!r}",
-                    rows,
                 )
             )
             continue
         if name in seen:
-            rejected.append(
-                ColumnRejection(
-                    name,
+            decisions.append(
+                _Decision(
                     unit,
                     _REASON.QUARANTINE_REASON_MALFORMED,
                     f"{where}.name: channel {name!r} given more than once",
-                    rows,
                 )
             )
             continue
@@ -283,18 +284,35 @@ def _screen(
         try:
             converter(sent_unit, channel.unit)
         except (UnknownUnitError, UnitMismatchError) as e:
-            rejected.append(
-                ColumnRejection(
-                    name,
-                    unit,
-                    _REASON.QUARANTINE_REASON_INCOMPATIBLE_UNIT,
-                    f"{where}.unit: {e}",
-                    rows,
-                )
+            decisions.append(
+                _Decision(unit, _REASON.QUARANTINE_REASON_INCOMPATIBLE_UNIT, f"{where}.unit: {e}")
             )
             continue
+        decisions.append(_Decision(sent_unit))
+    return tuple(decisions)
+
+
+def _screen(
+    raw: RawBatch, spec: AssetTypeSpec
+) -> tuple[list[tuple[str, str, np.ndarray]], list[ColumnRejection]]:
+    """Split columns into those to validate and those kept out whole, with the reason."""
+    good: list[tuple[str, str, np.ndarray]] = []
+    rejected: list[ColumnRejection] = []
+    rows = raw.rows
+    readable = [c for c in raw.columns if not c[4]]
+    decisions = iter(_decisions(spec, tuple((c[0], c[1], c[2]) for c in readable)))
+    for _, name, unit, values, problem in raw.columns:
+        if problem:
+            rejected.append(
+                ColumnRejection(name, unit, _REASON.QUARANTINE_REASON_MALFORMED, problem, rows)
+            )
+            continue
+        decision = next(decisions)
+        if decision.reason:
+            rejected.append(ColumnRejection(name, unit, decision.reason, decision.detail, rows))
+            continue
         assert values is not None
-        good.append((name, sent_unit, values))
+        good.append((name, decision.sent_unit, values))
     return good, rejected
 
 
@@ -400,7 +418,10 @@ class Pending:
             return receipt
         futures = [f for f in (self.telemetry, self.quarantine) if f is not None]
         try:
-            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            if all(f.done() for f in futures):  # the usual case with a window of batches
+                acks = [f.result() for f in futures]
+            else:
+                acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError:
             raise UnavailableError(
                 f"the telemetry store did not confirm batch {self.batch_id!r} "

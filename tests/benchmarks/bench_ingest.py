@@ -48,6 +48,28 @@ PYTHON = sys.executable
 METHOD = "/prognos.api.ingest.v1.IngestService/StreamTelemetry"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds that each of some processes spent between ``start`` and ``stop``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        self.used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self._pids.items()}
+        return self.used
+
+
 def asset_type() -> ingest_pb2.AssetType:
     message = ingest_pb2.AssetType(name="bench", display_name="Benchmark machine")
     for i in range(CHANNELS):
@@ -158,7 +180,9 @@ async def setup(info: RunInfo, assets: list[str]) -> None:
         )
         for asset_id in assets:
             await stub.RegisterAsset(
-                ingest_pb2.RegisterAssetRequest(asset_id=asset_id, plant="bench", asset_type="bench"),
+                ingest_pb2.RegisterAssetRequest(
+                    asset_id=asset_id, plant="bench", asset_type="bench"
+                ),
                 timeout=10,
             )
 
@@ -323,59 +347,102 @@ def csv_reader_only(path: Path) -> dict[str, Any]:
     return {"values": values, "seconds": elapsed}
 
 
+async def settle(info: RunInfo, name: str) -> float:
+    """Wait until the archive holds everything streamed so far; returns the seconds it took."""
+    started = time.perf_counter()
+    async with open_channel(info, "ingest", role="ml-engineer") as channel:
+        await ingest_pb2_grpc.IngestServiceStub(channel).CreateDatasetSnapshot(
+            ingest_pb2.CreateDatasetSnapshotRequest(name=name, asset_type="bench"), timeout=600
+        )
+    return time.perf_counter() - started
+
+
+def _per_batch_ms(cpu: dict[str, float], batches: int) -> dict[str, float]:
+    return {name: round(1_000 * seconds / batches, 3) for name, seconds in cpu.items()}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     assets = [f"m-{i}" for i in range(args.assets)]
-    with EmbeddedNats(work / "nats") as server, ingest_process(
-        work, server.url, PROGNOS_INGEST_TELEMETRY_WINDOW=str(args.window)
-    ) as info:
+    in_flight = args.window * args.streams
+    with (
+        EmbeddedNats(work / "nats") as server,
+        ingest_process(work, server.url, PROGNOS_INGEST_TELEMETRY_WINDOW=str(args.window)) as info,
+    ):
         await wait_ready(info)
         await setup(info, assets)
         start_us = (int(time.time()) - 30 * 86_400) * S
         batches = Batches(start_us)
-        # Warm-up: first batch per asset (watermark lookups, connection set-up).
-        await stream_telemetry(info, assets, args.streams, args.window, 1.0, batches)
-        batches.bytes_sent = 0
-        measured = await stream_telemetry(
-            info, assets, args.streams, args.window, args.seconds, batches
-        )
+        # Warm-up: first batch per asset (watermark lookups, connections, first flush).
+        await stream_telemetry(info, assets, args.streams, args.window, 2.0, batches)
+        await settle(info, "warm-up")
         payloads = await stored_payloads(server.url, 32)
         payload_bytes = sum(len(p) for _, p in payloads) / len(payloads)
-        raw_count = max(500, int(measured["receipts"] * 1.0))
-        raw = await raw_jetstream(
-            server.url, payloads, args.window * args.streams, raw_count
+        meter = CpuMeter(
+            {"ingest": info.services[0].pid, "nats_server": server.pid, "client": os.getpid()}
         )
+        rounds = []
+        for index in range(args.rounds):
+            meter.start()
+            measured = await stream_telemetry(
+                info, assets, args.streams, args.window, args.seconds, batches
+            )
+            stream_cpu = meter.stop()
+            archive_s = await settle(info, f"round-{index}")
+            meter.start()
+            raw = await raw_jetstream(server.url, payloads, in_flight, measured["receipts"])
+            raw_cpu = meter.stop()
+            ingest_bytes = measured["receipts"] * payload_bytes / measured["seconds"]
+            raw_bytes = raw["bytes"] / raw["seconds"]
+            rounds.append(
+                {
+                    "values_per_s": round(measured["accepted_values"] / measured["seconds"]),
+                    "batches_per_s": round(measured["receipts"] / measured["seconds"], 1),
+                    "bytes_per_s": round(ingest_bytes),
+                    "raw_jetstream_bytes_per_s": round(raw_bytes),
+                    "raw_jetstream_messages_per_s": round(raw["messages"] / raw["seconds"], 1),
+                    "ratio_of_raw_jetstream_bytes": round(ingest_bytes / raw_bytes, 3),
+                    "archive_catch_up_s": round(archive_s, 2),
+                    "cpu_ms_per_batch_streamed": _per_batch_ms(stream_cpu, measured["receipts"]),
+                    "cpu_ms_per_batch_raw": _per_batch_ms(raw_cpu, raw["messages"]),
+                }
+            )
         csv_path = work / "bench.csv"
         csv_values = write_csv(csv_path, args.csv_rows, 50, start_us + 5 * 86_400 * S)
+        warm_up = work / "warm-up.csv"
+        write_csv(warm_up, 1_000, 50, start_us + 4 * 86_400 * S)
+        csv_reader_only(warm_up)
+        await upload_csv(info, warm_up, 50)
         reader = csv_reader_only(csv_path)
         uploaded = await upload_csv(info, csv_path, 50)
 
-    values_per_s = measured["accepted_values"] / measured["seconds"]
-    ingest_bytes_per_s = measured["receipts"] * payload_bytes / measured["seconds"]
-    raw_bytes_per_s = raw["bytes"] / raw["seconds"]
+    def median(key: str) -> float:
+        values = sorted(r[key] for r in rounds)
+        return values[len(values) // 2]
+
     return {
         "benchmark": "ingest",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
         "stream_telemetry": {
             "streams": args.streams,
             "window_per_stream": args.window,
             "batch": f"{ROWS} timestamps x {CHANNELS} channels, float64 little-endian",
-            "batches_acknowledged": measured["receipts"],
-            "values_acknowledged": measured["accepted_values"],
-            "seconds": round(measured["seconds"], 3),
-            "values_per_s": round(values_per_s),
-            "batches_per_s": round(measured["receipts"] / measured["seconds"], 1),
             "payload_bytes_per_batch": round(payload_bytes),
-            "bytes_per_s": round(ingest_bytes_per_s),
+            "seconds_per_round": args.seconds,
+            "values_per_s": median("values_per_s"),
+            "bytes_per_s": median("bytes_per_s"),
         },
         "raw_jetstream": {
-            "messages": raw["messages"],
-            "in_flight": args.window * args.streams,
-            "seconds": round(raw["seconds"], 3),
-            "messages_per_s": round(raw["messages"] / raw["seconds"], 1),
-            "bytes_per_s": round(raw_bytes_per_s),
+            "in_flight": in_flight,
+            "bytes_per_s": median("raw_jetstream_bytes_per_s"),
+            "messages_per_s": median("raw_jetstream_messages_per_s"),
         },
-        "ratio_of_raw_jetstream_bytes": round(ingest_bytes_per_s / raw_bytes_per_s, 3),
+        "ratio_of_raw_jetstream_bytes": median("ratio_of_raw_jetstream_bytes"),
+        "rounds": rounds,
         "csv": {
             "rows": args.csv_rows,
             "values": csv_values,
@@ -394,7 +461,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--assets", type=int, default=32)

@@ -1,9 +1,16 @@
 """When JetStream stalls, a telemetry stream slows, then fails with UNAVAILABLE; nothing is lost.
 
-The nats-server is frozen with SIGSTOP while a client streams. The service stops reading
-once its window of unconfirmed batches is full, and when JetStream has not confirmed within
-the stall timeout the stream ends with UNAVAILABLE and a RetryInfo. After SIGCONT the client
-resends every batch without a receipt, with the same ids, and each batch is stored once.
+The nats-server is frozen with SIGSTOP while clients stream, twice:
+
+- a client that keeps as many batches in flight as the service's window gets UNAVAILABLE
+  with a RetryInfo once the stall timeout has passed;
+- a client that writes as fast as the stream takes its batches is held back: the service
+  stops reading once its window is full, and HTTP/2 flow control stops the client's writes.
+  (Such a client may see its own blocked write fail first, which gRPC's Python client
+  reports as INTERNAL instead of the server's UNAVAILABLE; either way it resends.)
+
+After SIGCONT everything without a receipt is resent with the same ids, and each batch is
+on the stream once, with the values sent.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ pytestmark = [pytest.mark.slow]
 S = 1_000_000
 ROWS = 2_000
 WINDOW = 8
-BATCHES = 300
+BATCHES = 200
 # What HTTP/2 flow control lets a client write past a service that stopped reading: the
 # ingest service's 4 MiB stream window, and some slack for the connection's buffers.
 TRANSPORT_WINDOW_BYTES = 6 << 20
@@ -51,25 +58,40 @@ def batches(start_us: int) -> list[ingest_pb2.TelemetryBatch]:
 
 
 async def send(
-    process: Any, todo: list[Any], receipts: dict[str, Any], on_receipt: Any = None
+    process: Any,
+    todo: list[Any],
+    receipts: dict[str, Any],
+    *,
+    window: int | None,
+    on_receipt: Any = None,
 ) -> tuple[int, grpc.aio.AioRpcError | None]:
-    """Send batches one by one as the stream accepts them; (batches written, error or None)."""
+    """Send batches, at most ``window`` without a receipt (None: as fast as the stream takes
+    them); returns how many were written and the error that ended the stream, if any."""
     written = 0
+    slots = asyncio.Semaphore(window or len(todo) or 1)
     async with open_channel(process.info, "ingest", role="gateway") as channel:
         call = ingest_pb2_grpc.IngestServiceStub(channel).StreamTelemetry()
 
         async def read() -> None:
-            async for response in call:
-                receipts[response.receipt.batch_id] = response.receipt
-                if on_receipt is not None:
-                    on_receipt()
+            try:
+                async for response in call:
+                    receipts[response.receipt.batch_id] = response.receipt
+                    slots.release()
+                    if on_receipt is not None:
+                        on_receipt()
+            finally:
+                slots.release()  # the stream ended: wake the writer
 
         reader = asyncio.create_task(read())
         try:
             for batch in todo:
+                await slots.acquire()
+                if reader.done():
+                    break
                 await call.write(ingest_pb2.StreamTelemetryRequest(batch=batch))
                 written += 1
-            await call.done_writing()
+            else:
+                await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: its status is what the reader sees
         try:
@@ -77,6 +99,33 @@ async def send(
         except grpc.aio.AioRpcError as error:
             return written, error
     return written, None
+
+
+async def frozen_while_sending(
+    server: EmbeddedNats,
+    service: Any,
+    todo: list[Any],
+    receipts: dict[str, Any],
+    *,
+    window: int | None,
+) -> tuple[int, grpc.aio.AioRpcError | None]:
+    """Send ``todo``, freezing nats-server with SIGSTOP after ten receipts; thawed after."""
+    before = len(receipts)
+    frozen = asyncio.Event()
+
+    def freeze_after_ten() -> None:
+        if len(receipts) - before == 10 and not frozen.is_set():
+            os.kill(server.pid, signal.SIGSTOP)
+            frozen.set()
+
+    try:
+        result = await asyncio.wait_for(
+            send(service, todo, receipts, window=window, on_receipt=freeze_after_ten), 60
+        )
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert frozen.is_set()
+    return result
 
 
 async def test_a_stalled_jetstream_slows_then_fails_the_stream_and_resending_stores_once(
@@ -104,36 +153,32 @@ async def test_a_stalled_jetstream_slows_then_fails_the_stream_and_resending_sto
             )
         planned = batches((int(time.time()) - BATCHES * ROWS - 3_600) * S)
         receipts: dict[str, Any] = {}
-        frozen = asyncio.Event()
 
-        def freeze_after_ten() -> None:
-            if len(receipts) == 10 and not frozen.is_set():
-                os.kill(server.pid, signal.SIGSTOP)
-                frozen.set()
-
+        # A client within the window: UNAVAILABLE with a retry hint, after the stall timeout.
         started = time.monotonic()
-        try:
-            written, error = await asyncio.wait_for(
-                send(service, planned, receipts, freeze_after_ten), 60
-            )
-        finally:
-            os.kill(server.pid, signal.SIGCONT)
-        assert frozen.is_set()
+        _, error = await frozen_while_sending(server, service, planned, receipts, window=WINDOW)
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
         typed = from_grpc_error(error)
         assert isinstance(typed, UnavailableError)
         assert typed.retry_after_s >= 1.0
         assert typed.reason == "TELEMETRY_STORE_STALLED"
         assert time.monotonic() - started < 30
-        # The stream slowed: the client's writes blocked once the service's window and the
-        # transport's flow-control window were full.
+
+        # A client writing as fast as it can is held back by the stream.
+        todo = [b for b in planned if b.batch_id not in receipts]
+        acknowledged = len(receipts)
+        written, error = await frozen_while_sending(server, service, todo, receipts, window=None)
+        assert error is not None
+        assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), error
         batch_bytes = planned[0].ByteSize()
-        assert written < len(planned)
-        assert written - len(receipts) <= WINDOW + TRANSPORT_WINDOW_BYTES // batch_bytes
+        assert written < len(todo)
+        ahead = written - (len(receipts) - acknowledged)
+        assert ahead <= WINDOW + TRANSPORT_WINDOW_BYTES // batch_bytes, ahead
         acknowledged_before = dict(receipts)
 
+        # Thawed: the rest, with the same ids, is stored once.
         todo = [b for b in planned if b.batch_id not in receipts]
-        written, error = await asyncio.wait_for(send(service, todo, receipts), 60)
+        _, error = await asyncio.wait_for(send(service, todo, receipts, window=WINDOW), 60)
         assert error is None, error
         assert set(receipts) == {b.batch_id for b in planned}
         assert all(r.accepted_count == 3 * ROWS for r in receipts.values())

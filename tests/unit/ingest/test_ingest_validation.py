@@ -329,3 +329,29 @@ def test_matches_a_reading_by_reading_reference(seed: int) -> None:
         np.testing.assert_array_equal(result.columns[name], expected)
     assert {r.value: c for r, c in result.counts.items()} == expected_counts
     assert result.accepted_values + len(result.quarantine) == result.received_values == 2 * n
+
+
+def test_a_clean_batch_comes_out_as_the_full_checks_would_leave_it() -> None:
+    # The clean batch takes the short path; the same batch with one bad row appended takes
+    # the full one. Apart from that row, both must accept the same readings identically.
+    rng = np.random.default_rng(3)
+    stamps = secs(*range(-50, 0))
+    columns = {
+        "bearing_temp": ("degF", rng.uniform(0, 250, 50)),
+        "discharge_pressure": ("psi", rng.uniform(0, 250, 50)),
+        "speed": ("rpm", rng.uniform(0, 5_000, 50)),
+    }
+    clean = run(stamps, columns, last_seen_us=NOW - 100 * S)
+    spoiled = {
+        name: (unit, np.append(values, math.inf)) for name, (unit, values) in columns.items()
+    }
+    full = run(stamps + [NOW], spoiled, last_seen_us=NOW - 100 * S)
+
+    assert clean.counts == {} and len(clean.quarantine) == 0
+    assert full.counts == {QuarantineReason.INFINITE: 3}
+    # The bad row has no good reading left, so the full path drops it entirely.
+    assert np.array_equal(clean.timestamps_us, full.timestamps_us)
+    for name in columns:
+        assert np.array_equal(clean.columns[name], full.columns[name])
+    assert clean.units == full.units
+    assert clean.accepted_values == full.accepted_values == 150

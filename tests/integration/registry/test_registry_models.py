@@ -329,6 +329,30 @@ async def test_register_approve_promote_roll_back_and_ask_who_was_champion_when(
     assert registry_pb2.MODEL_ALIAS_CHAMPION in current.model_version.aliases
 
 
+async def test_a_run_with_a_bad_hyperparameter_fails_and_says_why(
+    registry: Any, trained: Trained
+) -> None:
+    alice = registry.stub("user:alice", "ml-engineer")
+    started = await alice.StartTraining(
+        registry_pb2.StartTrainingRequest(
+            asset_type=ASSET_TYPE,
+            source_content_hash=trained.upload.content_hash,
+            hyperparameters={**harness.TINY, "epochs": "many"},
+        ),
+        timeout=10,
+    )
+
+    replies = alice.WatchTrainingRun(
+        registry_pb2.WatchTrainingRunRequest(run_id=started.run.id), timeout=120
+    )
+    final = [reply.run async for reply in replies][-1]
+
+    assert final.state == registry_pb2.TRAINING_RUN_STATE_FAILED
+    assert "epochs" in final.error_message and "many" in final.error_message
+    failed = await registry.audit_entries("training_run.failed")
+    assert [e.subject for e in failed] == [f"training_run/{final.id}"]
+
+
 async def test_a_drift_alert_retrains_and_cancelling_stops_the_worker(
     registry: Any, trained: Trained
 ) -> None:

@@ -255,7 +255,7 @@ class TrainingRunner:
         if self._settings.training_workers < 1:
             log.info("training_workers is 0: this registry process trains nothing")
             return
-        await self._recover()
+        await self.recover_interrupted()
         active: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -278,7 +278,7 @@ class TrainingRunner:
                 task.cancel()
             await asyncio.gather(*active, return_exceptions=True)
 
-    async def _recover(self) -> None:
+    async def recover_interrupted(self) -> None:
         """Fail the runs that a registry process on this host left running when it died."""
         host = self.owner.rsplit(":", 1)[0]
         async with self._store.reader() as conn:
@@ -310,8 +310,8 @@ class TrainingRunner:
         poller = asyncio.create_task(self._watch_cancel(run_id, stop))
         keep_work = False
         try:
-            async with self._store.transaction() as uow:
-                run = await handlers.load_training_run(uow, run_id)
+            stored = await self._store.read_stream(handlers.training_run_stream(run_id))
+            run = TrainingRun.replay([e.event for e in stored])
             prepared = await self._prepare(run, work)
             result = await run_worker(
                 "train",

@@ -345,7 +345,7 @@ def test_a_clean_batch_comes_out_as_the_full_checks_would_leave_it() -> None:
     spoiled = {
         name: (unit, np.append(values, math.inf)) for name, (unit, values) in columns.items()
     }
-    full = run(stamps + [NOW], spoiled, last_seen_us=NOW - 100 * S)
+    full = run([*stamps, NOW], spoiled, last_seen_us=NOW - 100 * S)
 
     assert clean.counts == {} and len(clean.quarantine) == 0
     assert full.counts == {QuarantineReason.INFINITE: 3}

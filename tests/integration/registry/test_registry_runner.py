@@ -4,29 +4,47 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import text
 
 from prognos.core.config import Settings
-from prognos.core.migrate import upgrade
+from prognos.core.migrate import sync_url, upgrade
 from prognos.core.store import EventStore, create_engine
 from prognos.registry import handlers
 from prognos.registry.artifacts import LocalArtifactStore
 from prognos.registry.domain import RunState, TrainingSource, Trigger
 from prognos.registry.runner import RunChanges, TrainingRunner
 
+PG_URL = os.environ.get("PROGNOS_TEST_PG_URL")
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "registry" / "migrations"
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
-    settings = Settings.load("registry", data_dir=tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    """A migrated registry database on SQLite, and on PostgreSQL when one is configured."""
+    schema = f"registry_{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        settings = Settings.load("registry", data_dir=tmp_path)
+    elif PG_URL:
+        settings = Settings.load(
+            "registry", data_dir=tmp_path, database_url=PG_URL, db_schema=schema
+        )
+    else:
+        pytest.skip("PROGNOS_TEST_PG_URL is not set: no PostgreSQL to test against")
     upgrade(settings, MIGRATIONS)
     engine = create_engine(settings)
     yield EventStore(engine, "registry")
     await engine.dispose()
+    if request.param == "postgresql":
+        sync = create_sync_engine(sync_url(PG_URL or ""))
+        with sync.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        sync.dispose()
 
 
 def _dead_pid() -> int:

@@ -9,6 +9,7 @@ quarantine lists what it kept out, counted per asset and reason.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -446,3 +447,66 @@ async def test_the_quarantine_lists_and_counts_what_was_kept_out(service: Any) -
 
 def _index(name: str) -> int:
     return next(i for i, c in enumerate(CASES) if c.name == name)
+
+
+async def test_a_json_lines_upload_stores_good_lines_and_quarantines_bad_ones(
+    service: Any,
+) -> None:
+    start = _now() // S - 2_000
+    asset_id = f"m-{len(CASES) + 2}"
+    lines = [
+        json.dumps({"t": start + i, "asset": asset_id, "temp": 21.5, "pressure": 400})
+        for i in range(4)
+    ]
+    lines.insert(2, '{"t": "yesterday", "asset": "m-1", "temp": 1}')
+    lines.insert(3, "[1, 2, 3]")
+    header = ingest_pb2.TelemetryFileHeader(
+        file_name="gateway.jsonl",
+        format=ingest_pb2.TELEMETRY_FILE_FORMAT_JSONL,
+        asset_type="compressor",
+        asset_id_column="asset",
+        time_column="t",
+        time_kind=ingest_pb2.TIME_COLUMN_KIND_UNIX_SECONDS,
+        columns=[
+            ingest_pb2.ColumnMapping(column="temp", channel="temp"),
+            ingest_pb2.ColumnMapping(column="pressure", channel="pressure", unit="kPa"),
+        ],
+    )
+    requests = [
+        ingest_pb2.UploadTelemetryFileRequest(header=header),
+        ingest_pb2.UploadTelemetryFileRequest(chunk=("\n".join(lines) + "\n").encode()),
+    ]
+    async with open_channel(service.info, "ingest", role="gateway") as channel:
+        response = await ingest_pb2_grpc.IngestServiceStub(channel).UploadTelemetryFile(
+            iter(requests), timeout=60
+        )
+    assert response.accepted_count == 8
+    assert response.quarantined_count == 2
+    assert list(response.asset_ids) == [asset_id]
+    assert {r.reason for r in response.sample_rejections} == {R.QUARANTINE_REASON_MALFORMED}
+
+
+async def test_telemetry_is_audited_in_bulk_per_stream_and_per_file(service: Any) -> None:
+    from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
+
+    async def audited() -> list[dict[str, Any]]:
+        async with open_channel(service.info, "ingest", role="auditor") as channel:
+            response = await audit_pb2_grpc.AuditServiceStub(channel).ListEntries(
+                audit_pb2.ListEntriesRequest(limit=1_000), timeout=10
+            )
+        streams = [
+            json.loads(e.details_json) for e in response.entries if e.action == "telemetry.received"
+        ]
+        files = [e for e in response.entries if e.action == "telemetry.file_imported"]
+        assert files, "no file import audited"
+        # One entry per stream, not per batch: every case ran one stream of two batches.
+        assert len(CASES) <= len(streams) < 2 * len(CASES) + 10
+        rejected = [s for s in streams if s["outcome"].startswith("failed")]
+        assert len(rejected) >= sum(1 for c in CASES if c.field)
+        out_of_range = [
+            s for s in streams if "QUARANTINE_REASON_OUT_OF_RANGE" in s["quarantined_by_reason"]
+        ]
+        assert out_of_range and out_of_range[0]["accepted_readings"] > 0
+        return streams
+
+    await assert_eventually(audited, timeout=20)

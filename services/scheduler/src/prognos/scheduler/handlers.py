@@ -582,14 +582,19 @@ async def apply_plan(
     asked to plan again with the new risk). Slots are only ever given out by the planner,
     so the plan's slots never collide with work committed meanwhile. Both count as stale.
     """
-    current = await adapters.versions_of(uow.conn, [c.work_order_id for c in changes])
+    streams = await adapters.load_streams(
+        uow.conn, [adapters.stream_of("work_order", c.work_order_id) for c in changes]
+    )
     writer = WorkOrderWriter(uow)
     writer.known_erp_ids(assets)
     counts: Counter[str] = Counter()
     for change in changes:
-        if current.get(change.work_order_id) != change.version:
+        events = streams.get(adapters.stream_of("work_order", change.work_order_id))
+        if not events:
+            continue
+        order = WorkOrder.replay(events)
+        if order.version != change.version:
             counts["stale"] += 1
-        order = await load_work_order(uow, change.work_order_id)
         if order.state not in MOVABLE_STATES:
             continue
         details: dict[str, Any] = {"plan": plan_id}

@@ -54,7 +54,7 @@ def reliability_bins(
     """
     p = np.asarray(probability, np.float64)
     y = np.asarray(actual, np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.round(np.linspace(0.0, 1.0, bins + 1), 12)
     index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     table = []
     for b in range(bins):

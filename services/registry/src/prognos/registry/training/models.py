@@ -1,0 +1,150 @@
+"""Candidate network architectures: a window of sensor history in, RUL and failure risk out.
+
+Every builder returns ``Networks``: a *training* model whose outputs are the raw heads of
+each ensemble member (RUL scaled to 0..1 and the failure probability), and a *serving*
+model over the same layers that averages the members and gives
+``{"rul": cycles clamped to [0, rul_clip], "failure_probability": 0..1}``, each of shape
+``(batch, 1)``. Only built-in Keras layers are used, so saved models load without custom
+objects and convert to LiteRT with builtin ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+ARCHITECTURES: tuple[str, ...] = ("cnn", "dcnn", "tcn", "gru", "cnn_gru")
+INPUT_NAME = "window"
+RUL_OUTPUT = "rul"
+PROBABILITY_OUTPUT = "failure_probability"
+
+
+@dataclass(frozen=True)
+class Networks:
+    """A training model (one output pair per member) and the serving model over its layers."""
+
+    training: keras.Model
+    serving: keras.Model
+    members: int
+
+
+def build_networks(
+    architecture: str, window: int, features: int, rul_clip: float, *, members: int = 1
+) -> Networks:
+    """Build the named architecture for ``(window, features)`` inputs.
+
+    Args:
+        architecture: One of ``ARCHITECTURES``.
+        window: Rows per input window.
+        features: Features per row.
+        rul_clip: The RUL target's ceiling; the serving output is scaled back to cycles.
+        members: Independently initialised copies whose outputs the serving model averages
+            (an ensemble when above one).
+    """
+    trunks: dict[str, Callable[[keras.KerasTensor, str], keras.KerasTensor]] = {
+        "cnn": _cnn_trunk,
+        "dcnn": _dcnn_trunk,
+        "tcn": _tcn_trunk,
+        "gru": _gru_trunk,
+        "cnn_gru": _cnn_gru_trunk,
+    }
+    if architecture not in trunks:
+        raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+    if members < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {members}")
+    count = members
+    inputs = keras.Input(shape=(window, features), name=INPUT_NAME)
+    rul_heads: list[keras.KerasTensor] = []
+    probability_heads: list[keras.KerasTensor] = []
+    training_outputs: dict[str, keras.KerasTensor] = {}
+    for m in range(count):
+        prefix = f"m{m}_"
+        hidden = trunks[architecture](inputs, prefix)
+        rul = layers.Dense(1, name=f"{prefix}rul_scaled")(hidden)
+        probability = layers.Dense(1, activation="sigmoid", name=f"{prefix}probability")(hidden)
+        rul_heads.append(rul)
+        probability_heads.append(probability)
+        training_outputs[f"{prefix}rul_scaled"] = rul
+        training_outputs[f"{prefix}probability"] = probability
+    if count > 1:
+        rul_mean = layers.Average(name="rul_mean")(rul_heads)
+        probability_mean = layers.Average(name="probability_mean")(probability_heads)
+    else:
+        rul_mean, probability_mean = rul_heads[0], probability_heads[0]
+    cycles = layers.Rescaling(scale=rul_clip, name="rul_cycles")(rul_mean)
+    cycles = layers.ReLU(max_value=rul_clip, name=RUL_OUTPUT)(cycles)
+    probability_out = layers.Identity(name=PROBABILITY_OUTPUT)(probability_mean)
+    training = keras.Model(inputs, training_outputs, name=f"{architecture}_training")
+    serving = keras.Model(
+        inputs, {RUL_OUTPUT: cycles, PROBABILITY_OUTPUT: probability_out}, name=architecture
+    )
+    return Networks(training=training, serving=serving, members=count)
+
+
+def _cnn_trunk(inputs: keras.KerasTensor, prefix: str) -> keras.KerasTensor:
+    """Plain 1D CNN: stacked 'same' convolutions over time, then the flattened sequence.
+
+    After Li, Ding and Sun (2018), "Remaining useful life estimation in prognostics using
+    deep convolution neural networks", with fewer, wider filters.
+    """
+    x = inputs
+    for i, (filters, kernel) in enumerate(((32, 7), (32, 5), (32, 3))):
+        x = layers.Conv1D(
+            filters, kernel, padding="same", activation="relu", name=f"{prefix}conv{i}"
+        )(x)
+    x = layers.Conv1D(8, 1, activation="relu", name=f"{prefix}squeeze")(x)
+    x = layers.Flatten(name=f"{prefix}flatten")(x)
+    x = layers.Dropout(0.2, name=f"{prefix}dropout")(x)
+    return layers.Dense(64, activation="relu", name=f"{prefix}dense")(x)
+
+
+def _dcnn_trunk(inputs: keras.KerasTensor, prefix: str) -> keras.KerasTensor:
+    """The deep CNN of Li, Ding and Sun (2018) as published: four 10x10 tanh convolutions,
+    a one-filter convolution, dropout 0.5 and a 100-unit tanh layer."""
+    x = inputs
+    for i in range(4):
+        x = layers.Conv1D(10, 10, padding="same", activation="tanh", name=f"{prefix}conv{i}")(x)
+    x = layers.Conv1D(1, 3, padding="same", activation="tanh", name=f"{prefix}conv4")(x)
+    x = layers.Flatten(name=f"{prefix}flatten")(x)
+    x = layers.Dropout(0.5, name=f"{prefix}dropout")(x)
+    return layers.Dense(100, activation="tanh", name=f"{prefix}dense")(x)
+
+
+def _tcn_trunk(inputs: keras.KerasTensor, prefix: str) -> keras.KerasTensor:
+    """Dilated causal CNN with residual blocks (a small TCN); reads the last time step."""
+    x = layers.Conv1D(32, 1, name=f"{prefix}project")(inputs)
+    for i, dilation in enumerate((1, 2, 4, 8)):
+        y = layers.Conv1D(
+            32,
+            3,
+            padding="causal",
+            dilation_rate=dilation,
+            activation="relu",
+            name=f"{prefix}dconv{i}",
+        )(x)
+        x = layers.Add(name=f"{prefix}residual{i}")([x, y])
+    window = inputs.shape[1]
+    # The receptive field of the last step covers 1 + 2 * (1 + 2 + 4 + 8) = 31 rows.
+    x = layers.Cropping1D((window - 1, 0), name=f"{prefix}last_step")(x)
+    x = layers.Flatten(name=f"{prefix}flatten")(x)
+    return layers.Dense(64, activation="relu", name=f"{prefix}dense")(x)
+
+
+def _gru_trunk(inputs: keras.KerasTensor, prefix: str) -> keras.KerasTensor:
+    """A small GRU reading the window oldest first.
+
+    Unrolled: the windows are short, and the loop-free graph converts to LiteRT builtin ops
+    (a ``while`` over tensor lists with a dynamic batch does not).
+    """
+    x = layers.GRU(48, unroll=True, name=f"{prefix}gru")(inputs)
+    return layers.Dense(64, activation="relu", name=f"{prefix}dense")(x)
+
+
+def _cnn_gru_trunk(inputs: keras.KerasTensor, prefix: str) -> keras.KerasTensor:
+    """A strided convolution halves the steps (and filters the noise), then a small GRU."""
+    x = layers.Conv1D(32, 4, strides=2, activation="relu", name=f"{prefix}conv")(inputs)
+    x = layers.GRU(48, unroll=True, name=f"{prefix}gru")(x)
+    return layers.Dense(64, activation="relu", name=f"{prefix}dense")(x)

@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.message import Message
@@ -24,6 +23,7 @@ from prognos.api.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from prognos.core.context import current_actor
 from prognos.core.errors import InvalidArgumentError, NotFoundError
 from prognos.scheduler import adapters, handlers
+from prognos.scheduler.domain import WorkOrder
 from prognos.scheduler.policy import PolicyInvalidError
 from prognos.scheduler.translate import (
     STATE_NAMES,
@@ -371,7 +371,11 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
 
         async def work(uow: UnitOfWork) -> scheduler_pb2.AcknowledgeWorkOrderResponse:
             order = await handlers.acknowledge(
-                uow, request.work_order_id, request.erp_order_number, self._clock()
+                uow,
+                request.work_order_id,
+                request.erp_order_number,
+                self._clock(),
+                acknowledged_by=request.acknowledged_by,
             )
             return scheduler_pb2.AcknowledgeWorkOrderResponse(
                 work_order=await self._proto(uow, order)
@@ -442,10 +446,6 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
             raise InvalidArgumentError([("work_order_id", "required")])
 
     @staticmethod
-    async def _proto(uow: UnitOfWork, order: handlers.WorkOrder) -> scheduler_pb2.WorkOrder:
+    async def _proto(uow: UnitOfWork, order: WorkOrder) -> scheduler_pb2.WorkOrder:
         asset = await adapters.get_asset(uow.conn, order.asset_id)
         return work_order_to_proto(order, asset.erp_id if asset else "")
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -513,8 +513,9 @@ class WorkOrder(_message.Message):
 
     @_builtins.property
     def due_time(self) -> _timestamp_pb2.Timestamp:
-        """Latest time the job should be done: the prediction's time plus the failure horizon,
-        or the estimated failure time from the remaining useful life if that is earlier.
+        """Latest time the job should be done, the predicted failure: the latest prediction's
+        time plus its remaining useful life when the model estimates one, otherwise plus the
+        policy's horizon. The scheduler places the job to finish by then.
         """
 
     @_builtins.property
@@ -964,22 +965,29 @@ class AcknowledgeWorkOrderRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
     ERP_ORDER_NUMBER_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Client-chosen key that makes a retry harmless."""
     work_order_id: _builtins.str
     """Identifier of the work order."""
     erp_order_number: _builtins.str
     """The ERP's own order number for it."""
+    acknowledged_by: _builtins.str
+    """Name of the person at the ERP who took the order over; optional. Personal data: the
+    audit trail names the person by reference only, and `prognos audit erase` erases the
+    name.
+    """
     def __init__(
         self,
         *,
         idempotency_key: _builtins.str = ...,
         work_order_id: _builtins.str = ...,
         erp_order_number: _builtins.str = ...,
+        acknowledged_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erp_order_number", b"erp_order_number", "idempotency_key", b"idempotency_key", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "erp_order_number", b"erp_order_number", "idempotency_key", b"idempotency_key", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

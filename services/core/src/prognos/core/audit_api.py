@@ -8,15 +8,16 @@ from datetime import UTC
 from typing import TYPE_CHECKING
 
 from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
-from prognos.core import audit
+from prognos.core import audit, people, trail
 from prognos.core.anchoring import ChainHead, ChainMismatchError
-from prognos.core.errors import FailedPreconditionError
+from prognos.core.errors import FailedPreconditionError, InvalidArgumentError
 
 if TYPE_CHECKING:
     import grpc.aio
 
     from prognos.core.anchoring import ChainAnchor
     from prognos.core.store import EventStore
+    from prognos.core.trail import TrailSource
 
 __all__ = ["AUDIT_SERVICE", "MAX_PAGE", "AuditServicer", "entry_from_proto", "entry_to_proto"]
 
@@ -68,11 +69,19 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     Args:
         store: The service's event store.
         anchor: Signs checkpoints; without one, ``CreateCheckpoint`` fails.
+        trail_sources: Add the service's own steps to ``GetTrail`` (the list may grow
+            after construction, while the service builds).
     """
 
-    def __init__(self, store: EventStore, anchor: ChainAnchor | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        anchor: ChainAnchor | None = None,
+        trail_sources: list[TrailSource] | None = None,
+    ) -> None:
         self._store = store
         self._anchor = anchor
+        self.trail_sources: list[TrailSource] = trail_sources if trail_sources is not None else []
 
     async def VerifyChain(
         self, request: audit_pb2.VerifyChainRequest, context: grpc.aio.ServicerContext
@@ -80,6 +89,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         """Walk the whole chain."""
         async with self._store.reader() as conn:
             result = await audit.verify(conn)
+        return self._verification(result)
+
+    def _verification(self, result: audit.ChainVerification) -> audit_pb2.VerifyChainResponse:
         head = audit_pb2.ChainHead(
             service=self._store.service, seq=result.head_seq, hash=result.head_hash
         )
@@ -109,6 +121,60 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return audit_pb2.ListEntriesResponse(
             entries=[entry_to_proto(e) for e in found[:limit]], more=len(found) > limit
         )
+
+    async def GetTrail(
+        self, request: audit_pb2.GetTrailRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.GetTrailResponse:
+        """This service's part of a work order's trail, and whether its chain verifies."""
+        query = trail.TrailQuery.from_proto(request)
+        async with self._store.reader() as conn:
+            chain: list[audit.AuditEntry] = []
+            walk = audit.ChainWalk()
+            stream = audit.entries(conn)
+            async with contextlib.aclosing(stream) as rows:
+                async for entry in rows:
+                    walk.step(entry)
+                    chain.append(entry)
+            part = trail.find_part(chain, query)
+            extra: list[audit_pb2.TrailStep] = []
+            for source in self.trail_sources:
+                extra.extend(await source(conn, query, chain))
+        service = self._store.service
+        steps = [trail.step_from_entry(service, e) for e in part.entries] + extra
+        steps.sort(key=lambda s: (s.at.ToDatetime(), s.audit_seq))
+        response = audit_pb2.GetTrailResponse(
+            service=service,
+            steps=steps,
+            references=sorted(part.references),
+            asset_id=part.asset_id,
+            chain=self._verification(walk.result()),
+        )
+        if part.window_start and part.window_end:
+            response.window_start.FromJsonString(part.window_start)
+            response.window_end.FromJsonString(part.window_end)
+        refs = {ref for step in steps for ref in trail.person_refs(step)}
+        if refs:
+            async with self._store.reader() as conn:
+                named = await people.names_of(conn, refs)
+            for ref, name in named.items():
+                response.people.add(ref=ref, name=name or "", erased=name is None)
+        return response
+
+    async def ErasePerson(
+        self, request: audit_pb2.ErasePersonRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.ErasePersonResponse:
+        """Erase a person's name here and audit the erasure by reference."""
+        if not request.person.strip():
+            raise InvalidArgumentError([("person", "required: a name or person/<id>")])
+        async with self._store.transaction() as uow:
+            erased = await people.erase(uow.conn, request.person)
+            for ref in erased:
+                await uow.audit(
+                    "person.erased",
+                    ref,
+                    reason=request.reason or "erasure of personal data requested",
+                )
+        return audit_pb2.ErasePersonResponse(service=self._store.service, erased=erased)
 
     async def CreateCheckpoint(
         self, request: audit_pb2.CreateCheckpointRequest, context: grpc.aio.ServicerContext

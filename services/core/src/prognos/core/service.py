@@ -29,6 +29,7 @@ from prognos.core.audit_api import AUDIT_SERVICE, AuditServicer
 from prognos.core.config import Settings
 from prognos.core.server import GrpcServer
 from prognos.core.store import EventStore, create_engine
+from prognos.core.trail import TrailSource
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -50,6 +51,8 @@ class Runtime:
     anchor: anchoring.ChainAnchor | None = None
     consumers: list[bus.Consumer] = field(default_factory=list)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    trail_sources: list[TrailSource] = field(default_factory=list)
+    """The service's own steps of a work order's trail (``AuditService.GetTrail``)."""
 
     def subscribe(self, sub: bus.Subscription) -> bus.Consumer:
         """Add a durable consumer; it starts with the service and stops before gRPC drains."""
@@ -132,12 +135,15 @@ async def serve(
             credentials=tls.server_credentials(settings),
             options=server_options,
         )
+        trail_sources: list[TrailSource] = []
         server.add_service(
             audit_pb2_grpc.add_AuditServiceServicer_to_server,
-            AuditServicer(store, anchor),
+            AuditServicer(store, anchor, trail_sources),
             AUDIT_SERVICE,
         )
-        runtime = Runtime(settings, store, nc, js, server, relay, anchor)
+        runtime = Runtime(
+            settings, store, nc, js, server, relay, anchor, trail_sources=trail_sources
+        )
         runtime.background.append(anchor.run)
         await build(runtime)
 

@@ -314,3 +314,260 @@ class CreateCheckpointResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateCheckpointResponse: _TypeAlias = CreateCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetTrailRequest(_message.Message):
+    """GetTrailRequest names what a trail is about. A service answers for what it holds and
+    ignores the rest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    REFERENCES_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    """The work order (its id at the scheduler); every service matches "work_order/<id>"."""
+    asset_id: _builtins.str
+    """The asset whose telemetry fed the prediction; with the window, the telemetry batches
+    that overlap it (ingest).
+    """
+    @_builtins.property
+    def references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """References to follow, as "<kind>/<id>": "prediction/<id>", "model_version/<id>",
+        "training_run/<id>", "dataset_snapshot/<id>", "asset/<id>". An entry matches when its
+        subject is one of them or when one of its details' values is the id of one.
+        """
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the prediction's input window."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the prediction's input window (the prediction's time)."""
+
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+        references: _abc.Iterable[_builtins.str] | None = ...,
+        asset_id: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "references", b"references", "window_end", b"window_end", "window_start", b"window_start", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrailRequest: _TypeAlias = GetTrailRequest  # noqa: Y015
+
+@_typing.final
+class TrailStep(_message.Message):
+    """TrailStep is one thing that happened on the way to a work order or after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service that recorded it."""
+    actor: _builtins.str
+    """The principal responsible."""
+    action: _builtins.str
+    """What happened, e.g. "work_order.created" or "telemetry.batch_received"."""
+    subject: _builtins.str
+    """What it happened to, e.g. "work_order/wo-1"."""
+    summary: _builtins.str
+    """Why, or what, in words."""
+    trace_id: _builtins.str
+    """The W3C trace id (32 hex digits) of the work that recorded it."""
+    details_json: _builtins.str
+    """Its facts as a JSON object."""
+    audit_seq: _builtins.int
+    """Sequence number of the audit entry it comes from; 0 when it is not an audit entry
+    (a telemetry receipt), which then names its entry in details ("audit_seq").
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "audit_seq", b"audit_seq", "details_json", b"details_json", "service", b"service", "subject", b"subject", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrailStep: _TypeAlias = TrailStep  # noqa: Y015
+
+@_typing.final
+class GetTrailResponse(_message.Message):
+    """GetTrailResponse is one service's part of a trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    REFERENCES_FIELD_NUMBER: _builtins.int
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service answering."""
+    asset_id: _builtins.str
+    """The asset and input window it learned of (inference and scheduler), for ingest."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrailStep]:
+        """Its steps, in time order."""
+
+    @_builtins.property
+    def references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """References its steps name that other services may hold, as "<kind>/<id>"."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the input window; unset when unknown."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the input window; unset when unknown."""
+
+    @_builtins.property
+    def chain(self) -> Global___VerifyChainResponse:
+        """Whether this service's whole chain verifies, and where it first breaks if not."""
+
+    @_builtins.property
+    def people(self) -> _containers.RepeatedCompositeFieldContainer[Global___Person]:
+        """The people its steps name (as "person/<id>" in their details), with their names
+        unless erased.
+        """
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        steps: _abc.Iterable[Global___TrailStep] | None = ...,
+        references: _abc.Iterable[_builtins.str] | None = ...,
+        asset_id: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        chain: Global___VerifyChainResponse | None = ...,
+        people: _abc.Iterable[Global___Person] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "chain", b"chain", "people", b"people", "references", b"references", "service", b"service", "steps", b"steps", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrailResponse: _TypeAlias = GetTrailResponse  # noqa: Y015
+
+@_typing.final
+class Person(_message.Message):
+    """Person is a person named by reference in audit entries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """The reference, "person/<id>"."""
+    name: _builtins.str
+    """The name; empty once erased."""
+    erased: _builtins.bool
+    """Whether the name was erased on request."""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        name: _builtins.str = ...,
+        erased: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased", b"erased", "name", b"name", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Person: _TypeAlias = Person  # noqa: Y015
+
+@_typing.final
+class ErasePersonRequest(_message.Message):
+    """ErasePersonRequest names the person whose name is to be erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    person: _builtins.str
+    """The name as recorded, or the reference "person/<id>"."""
+    reason: _builtins.str
+    """Why, in words (e.g. the request's number); audited."""
+    def __init__(
+        self,
+        *,
+        person: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonRequest: _TypeAlias = ErasePersonRequest  # noqa: Y015
+
+@_typing.final
+class ErasePersonResponse(_message.Message):
+    """ErasePersonResponse says which references lost their names in this service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service answering."""
+    @_builtins.property
+    def erased(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The references erased here, "person/<id>"; empty when the service knew no such person."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        erased: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased", b"erased", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonResponse: _TypeAlias = ErasePersonResponse  # noqa: Y015

@@ -53,6 +53,16 @@ class AuditServiceStub:
                 request_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointResponse.FromString,
                 _registered_method=True)
+        self.GetTrail = channel.unary_unary(
+                '/prognos.api.common.v1.AuditService/GetTrail',
+                request_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailResponse.FromString,
+                _registered_method=True)
+        self.ErasePerson = channel.unary_unary(
+                '/prognos.api.common.v1.AuditService/ErasePerson',
+                request_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -85,6 +95,28 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrail(self, request, context):
+        """GetTrail returns this service's part of a work order's trail: its audit entries that
+        concern the work order or the things it names (prediction, model version, training run,
+        dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
+        where the service holds them, the references it found for the other services to follow,
+        and whether its chain verifies. `prognos audit trail` asks every service in turn and
+        puts the parts together in time order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePerson(self, request, context):
+        """ErasePerson erases a person's name from this service's people table, where audit
+        entries point to it (as "person/<id>"; names are never part of the hashed content), so
+        that no trail shows it any more while every chain still verifies. The erasure is
+        audited, naming only the reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +134,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.CreateCheckpoint,
                     request_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointRequest.FromString,
                     response_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointResponse.SerializeToString,
+            ),
+            'GetTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrail,
+                    request_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailResponse.SerializeToString,
+            ),
+            'ErasePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePerson,
+                    request_deserializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +231,60 @@ class AuditService:
             '/prognos.api.common.v1.AuditService/CreateCheckpoint',
             prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointRequest.SerializeToString,
             prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.CreateCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.common.v1.AuditService/GetTrail',
+            prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailRequest.SerializeToString,
+            prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.GetTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prognos.api.common.v1.AuditService/ErasePerson',
+            prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonRequest.SerializeToString,
+            prognos_dot_api_dot_common_dot_v1_dot_audit__pb2.ErasePersonResponse.FromString,
             options,
             channel_credentials,
             insecure,

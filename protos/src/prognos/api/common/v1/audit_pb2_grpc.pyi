@@ -46,6 +46,20 @@ class AuditServiceStub:
     publishes it on the AUDIT stream and returns it, so that an exported copy of the
     chain can be verified offline with the public key.
     """
+    GetTrail: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetTrailRequest, _audit_pb2.GetTrailResponse]
+    """GetTrail returns this service's part of a work order's trail: its audit entries that
+    concern the work order or the things it names (prediction, model version, training run,
+    dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
+    where the service holds them, the references it found for the other services to follow,
+    and whether its chain verifies. `prognos audit trail` asks every service in turn and
+    puts the parts together in time order.
+    """
+    ErasePerson: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ErasePersonRequest, _audit_pb2.ErasePersonResponse]
+    """ErasePerson erases a person's name from this service's people table, where audit
+    entries point to it (as "person/<id>"; names are never part of the hashed content), so
+    that no trail shows it any more while every chain still verifies. The erasure is
+    audited, naming only the reference.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -64,6 +78,20 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """CreateCheckpoint signs the chain's current head with the service's checkpoint key,
     publishes it on the AUDIT stream and returns it, so that an exported copy of the
     chain can be verified offline with the public key.
+    """
+    GetTrail: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetTrailRequest, _audit_pb2.GetTrailResponse]  # type: ignore[assignment]
+    """GetTrail returns this service's part of a work order's trail: its audit entries that
+    concern the work order or the things it names (prediction, model version, training run,
+    dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
+    where the service holds them, the references it found for the other services to follow,
+    and whether its chain verifies. `prognos audit trail` asks every service in turn and
+    puts the parts together in time order.
+    """
+    ErasePerson: _aio.UnaryUnaryMultiCallable[_audit_pb2.ErasePersonRequest, _audit_pb2.ErasePersonResponse]  # type: ignore[assignment]
+    """ErasePerson erases a person's name from this service's people table, where audit
+    entries point to it (as "person/<id>"; names are never part of the hashed content), so
+    that no trail shows it any more while every chain still verifies. The erasure is
+    audited, naming only the reference.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +126,32 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateCheckpoint signs the chain's current head with the service's checkpoint key,
         publishes it on the AUDIT stream and returns it, so that an exported copy of the
         chain can be verified offline with the public key.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrail(
+        self,
+        request: _audit_pb2.GetTrailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetTrailResponse, _abc.Awaitable[_audit_pb2.GetTrailResponse]]:
+        """GetTrail returns this service's part of a work order's trail: its audit entries that
+        concern the work order or the things it names (prediction, model version, training run,
+        dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
+        where the service holds them, the references it found for the other services to follow,
+        and whether its chain verifies. `prognos audit trail` asks every service in turn and
+        puts the parts together in time order.
+        """
+
+    @_abc_1.abstractmethod
+    def ErasePerson(
+        self,
+        request: _audit_pb2.ErasePersonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ErasePersonResponse, _abc.Awaitable[_audit_pb2.ErasePersonResponse]]:
+        """ErasePerson erases a person's name from this service's people table, where audit
+        entries point to it (as "person/<id>"; names are never part of the hashed content), so
+        that no trail shows it any more while every chain still verifies. The erasure is
+        audited, naming only the reference.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

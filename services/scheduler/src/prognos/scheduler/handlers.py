@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prognos.api.inference.v1 import inference_pb2
+from prognos.core import people
 from prognos.core.errors import NotFoundError
 from prognos.scheduler import adapters
 from prognos.scheduler.domain import (
@@ -402,16 +403,21 @@ async def on_prediction(
     decision = decide(policy, state, p)
     await adapters.save_policy_state(uow.conn, p.asset_id, p.failure_mode, evolve(state, decision))
     await adapters.record_decision(uow.conn, decision, **common)
-    details = {
+    details: dict[str, Any] = {
         "prediction_id": p.id,
         "model_version": p.model_version,
         "input_digest": p.input_digest,
         "failure_probability": p.failure_probability,
         "rul": p.rul,
         "top_sensors": list(p.top_sensors),
+        "time": p.at.isoformat(),
         "decision": decision.reason.value,
         "policy": policy_to_document(policy),
     }
+    if prediction.HasField("window"):
+        # The input window, so that an auditor finds the telemetry batches behind it.
+        details["window_start"] = prediction.window.start_time.ToJsonString()
+        details["window_end"] = prediction.window.end_time.ToJsonString()
     writer = WorkOrderWriter(uow)
     outcome = DecisionOutcome(decision.kind.value, decision.reason.value, decision.work_order_id)
     if decision.kind is DecisionKind.OPEN and decision.work_order_id is not None:
@@ -475,17 +481,26 @@ async def _close_policy_key(uow: UnitOfWork, order: WorkOrder) -> None:
 
 
 async def acknowledge(
-    uow: UnitOfWork, work_order_id: str, erp_order_number: str, now: datetime
+    uow: UnitOfWork,
+    work_order_id: str,
+    erp_order_number: str,
+    now: datetime,
+    *,
+    acknowledged_by: str = "",
 ) -> WorkOrder:
+    """The ERP took a released order over; the person who did is audited by reference only."""
     if not erp_order_number:
         raise MasterDataInvalidError([("erp_order_number", "required")])
     order = await load_work_order(uow, work_order_id)
     order.acknowledge(erp_order_number, now)
     writer = WorkOrderWriter(uow)
+    details: dict[str, Any] = {"erp_order_number": erp_order_number}
+    if acknowledged_by.strip():
+        details["acknowledged_by"] = await people.person_ref(uow.conn, acknowledged_by.strip())
     await writer.save(
         order,
         reason=f"taken over by the ERP as order {erp_order_number}",
-        details={"erp_order_number": erp_order_number},
+        details=details,
     )
     await writer.flush()
     return order

@@ -7,6 +7,7 @@ registered again from outside as the second.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import sys
@@ -329,15 +330,18 @@ async def test_register_approve_promote_roll_back_and_ask_who_was_champion_when(
     assert registry_pb2.MODEL_ALIAS_CHAMPION in current.model_version.aliases
 
 
-async def test_a_run_with_a_bad_hyperparameter_fails_and_says_why(
-    registry: Any, trained: Trained
+async def test_a_run_on_a_file_that_is_not_c_mapss_fails_and_says_why(
+    registry: Any, tmp_path: Path
 ) -> None:
     alice = registry.stub("user:alice", "ml-engineer")
+    bad = tmp_path / "readings.txt"
+    await asyncio.to_thread(bad.write_text, "1 1 20.5\n1 2 20.7\n")
+    uploaded = await harness.upload(alice, bad)
     started = await alice.StartTraining(
         registry_pb2.StartTrainingRequest(
             asset_type=ASSET_TYPE,
-            source_content_hash=trained.upload.content_hash,
-            hyperparameters={**harness.TINY, "epochs": "many"},
+            source_content_hash=uploaded.content_hash,
+            hyperparameters=harness.TINY,
         ),
         timeout=10,
     )
@@ -348,7 +352,7 @@ async def test_a_run_with_a_bad_hyperparameter_fails_and_says_why(
     final = [reply.run async for reply in replies][-1]
 
     assert final.state == registry_pb2.TRAINING_RUN_STATE_FAILED
-    assert "epochs" in final.error_message and "many" in final.error_message
+    assert "NasaFormatError" in final.error_message and "26 columns" in final.error_message
     failed = await registry.audit_entries("training_run.failed")
     assert [e.subject for e in failed] == [f"training_run/{final.id}"]
 

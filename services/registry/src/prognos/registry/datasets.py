@@ -7,7 +7,9 @@ A snapshot's telemetry files hold one column per channel of the asset type; the 
 channels ``op_setting_<n>`` and ``sensor_<n>`` become ``setting_<n>`` and ``s<n>``. Its label
 files say when each asset failed: the rows of an asset up to (and including) a confirmed
 failure are one run to failure, a "unit"; rows after an asset's last failure are censored and
-left out. Missing readings (NaN) are carried forward within a unit.
+left out. Missing readings (NaN) are carried forward within a unit. Units are numbered in
+the natural order of their asset ids (``p1-unit-2`` before ``p1-unit-10``), so an imported
+C-MAPSS file gives the same units, and the same held-out split, as the file itself.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
 _CHANNEL = re.compile(r"^(?:op_setting_(\d+)|sensor_(\d+))$")
+_DIGITS = re.compile(r"(\d+)")
 
 
 class TrainingDataError(ValueError):
@@ -152,7 +155,9 @@ def _units(readings: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame
     pieces: list[pd.DataFrame] = []
     assets: dict[int, str] = {}
     unit = 0
-    for asset, rows in readings.groupby("asset_id", sort=True):
+    groups = dict(list(readings.groupby("asset_id", sort=False)))
+    for asset in sorted(groups, key=_natural):
+        rows = groups[asset]
         start = None
         for failed_at in failure_times.get(asset, []):
             mask = rows["time"] <= failed_at
@@ -174,3 +179,10 @@ def _units(readings: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame
     frame = pd.concat(pieces, ignore_index=True)[list(COLUMNS)]
     frame[UNIT] = frame[UNIT].astype(np.int64)
     return frame.reset_index(drop=True), assets
+
+
+def _natural(asset_id: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts ``p1-unit-2`` before ``p1-unit-10``: units keep the file's order."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(asset_id)
+    )

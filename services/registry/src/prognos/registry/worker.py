@@ -179,29 +179,19 @@ class _Progress:
 
 
 def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) -> dict[str, Any]:
-    """Load the data, train, evaluate on held-out units (and the champion too), export."""
+    """Load the data, train, evaluate on held-out units (and the champion too), export.
+
+    The data is read before TensorFlow is imported, so a run on unusable data fails fast.
+    """
     from prognos.registry import datasets
     from prognos.registry.artifacts import pack_directory
-    from prognos.registry.training import (
-        TrainedModel,
-        evaluate_cmapss,
-        export_serving,
-        make_nasa_test,
-        render_report,
-        split_units,
-        train,
-        write_nasa_files,
-    )
+    from prognos.registry.training.data import make_nasa_test, split_units, write_nasa_files
 
     def check() -> None:
         if cancelled.is_set():
             raise CancelledError
 
-    config, evaluation, data_params = parse_hyperparameters(
-        spec.get("hyperparameters", {}), horizon_cycles=spec.get("horizon_cycles")
-    )
-    progress = _Progress(emit, config.epochs)
-    progress.phase("loading", 0.0)
+    emit({"type": "progress", "phase": "loading", "progress": 0.0, "epoch": 0, "total_epochs": 0})
     source = spec["source"]
     if source["kind"] == "snapshot":
         from prognos.api.ingest.v1 import ingest_pb2
@@ -210,6 +200,19 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         loaded = datasets.from_snapshot(snapshot)
     else:
         loaded = datasets.from_cmapss_file(Path(source["path"]), source["content_hash"])
+
+    from prognos.registry.training import (
+        TrainedModel,
+        evaluate_cmapss,
+        export_serving,
+        render_report,
+        train,
+    )
+
+    config, evaluation, data_params = parse_hyperparameters(
+        spec.get("hyperparameters", {}), horizon_cycles=spec.get("horizon_cycles")
+    )
+    progress = _Progress(emit, config.epochs)
     frame = loaded.frame
     if data_params["max_units"] > 0:
         keep = sorted(frame["unit"].unique())[: data_params["max_units"]]

@@ -38,7 +38,9 @@ def test_live_windows_match_the_training_windows_of_the_same_rows(
     for unit in units:
         rows = frame[frame["unit"] == unit]
         columns = [rows[c].to_numpy() for c in (*sim.SETTINGS, *sim.SENSORS)]
-        table.apply(f"u{unit}", rows["cycle"].to_numpy(np.int64), channels, columns)
+        table.apply(
+            f"u{unit}", rows["cycle"].to_numpy(np.int64), channels, np.column_stack(columns)
+        )
     raw, _, _ = table.windows([table.slot(f"u{u}") for u in units], WINDOW)
     got = serving.inputs(raw, serving.resolve(table.channels))
 

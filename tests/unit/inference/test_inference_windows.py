@@ -9,15 +9,28 @@ from prognos.inference.windows import WindowTable
 
 
 def rows(times: list[int], *columns: list[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Times and one list of values per column, as ``(times, [column, ...])``."""
     return np.asarray(times, np.int64), [np.asarray(c, np.float64) for c in columns]
+
+
+def apply(
+    table: WindowTable,
+    asset_id: str,
+    times: np.ndarray,
+    names: list[str],
+    columns: list[np.ndarray],
+    **kwargs: int,
+) -> bool:
+    """``table.apply`` with the columns given one by one."""
+    return table.apply(asset_id, times, names, np.column_stack(columns), **kwargs)
 
 
 def test_keeps_the_newest_rows_in_time_order_within_its_capacity() -> None:
     table = WindowTable("pump", capacity=4)
     times, (a, b) = rows([1, 2, 3], [10, 20, 30], [1, 2, 3])
-    assert table.apply("p1", times, ["a", "b"], [a, b], seq=5)
+    assert apply(table, "p1", times, ["a", "b"], [a, b], seq=5)
     times, (a, b) = rows([4, 5, 6], [40, 50, 60], [4, 5, 6])
-    assert table.apply("p1", times, ["a", "b"], [a, b], seq=6)
+    assert apply(table, "p1", times, ["a", "b"], [a, b], seq=6)
 
     slot = table.slot_of("p1")
     assert slot is not None
@@ -31,7 +44,7 @@ def test_keeps_the_newest_rows_in_time_order_within_its_capacity() -> None:
 def test_a_short_history_is_padded_at_the_front_with_its_oldest_row() -> None:
     table = WindowTable("pump", capacity=8)
     times, (a,) = rows([7, 8], [1.0, 2.0])
-    table.apply("p1", times, ["a"], [a])
+    apply(table, "p1", times, ["a"], [a])
 
     values, start, _ = table.windows([table.slot("p1")], 5)
 
@@ -43,24 +56,24 @@ def test_replaying_the_same_batches_in_any_order_leaves_the_same_window() -> Non
     batches = [rows([t, t + 1], [t * 1.0, t + 1.0]) for t in range(0, 20, 2)]
     in_order = WindowTable("pump", capacity=6)
     for times, columns in batches:
-        in_order.apply("p1", times, ["a"], columns)
+        apply(in_order, "p1", times, ["a"], columns)
     replayed = WindowTable("pump", capacity=6)
     for times, columns in [*reversed(batches), *batches]:
-        replayed.apply("p1", times, ["a"], columns)
+        apply(replayed, "p1", times, ["a"], columns)
 
     expected = in_order.windows([in_order.slot("p1")], 6)[0]
     assert np.array_equal(replayed.windows([replayed.slot("p1")], 6)[0], expected)
     # Once merged, applying a batch again changes nothing.
     times, columns = batches[-1]
-    assert not in_order.apply("p1", times, ["a"], columns)
+    assert not apply(in_order, "p1", times, ["a"], columns)
 
 
 def test_a_late_row_is_merged_into_its_place_and_fills_missing_values() -> None:
     table = WindowTable("pump", capacity=5)
     times, (a, b) = rows([1, 2, 4], [1, 2, 4], [10, np.nan, 40])
-    table.apply("p1", times, ["a", "b"], [a, b])
+    apply(table, "p1", times, ["a", "b"], [a, b])
     times, (a, b) = rows([2, 3], [np.nan, 3], [20, 30])
-    assert table.apply("p1", times, ["a", "b"], [a, b])
+    assert apply(table, "p1", times, ["a", "b"], [a, b])
 
     values, _, _ = table.windows([table.slot("p1")], 4)
     assert values[0, :, 0].tolist() == [1, 2, 3, 4]
@@ -69,8 +82,8 @@ def test_a_late_row_is_merged_into_its_place_and_fills_missing_values() -> None:
 
 def test_new_channels_widen_the_table_and_old_rows_read_as_missing() -> None:
     table = WindowTable("pump", capacity=3)
-    table.apply("p1", *_one(1, "a", 1.0))
-    table.apply("p1", *_one(2, "b", 2.0))
+    apply(table, "p1", *_one(1, "a", 1.0))
+    apply(table, "p1", *_one(2, "b", 2.0))
 
     values, _, _ = table.windows([table.slot("p1")], 2)
     assert table.channels == ["a", "b"]
@@ -84,27 +97,27 @@ def _one(t: int, channel: str, value: float) -> tuple[np.ndarray, list[str], lis
 def test_memory_per_asset_is_fixed_and_a_dropped_asset_frees_its_slot() -> None:
     table = WindowTable("pump", capacity=10)
     for i in range(40):
-        table.apply(f"p{i}", *_one(1, "a", float(i)))
+        apply(table, f"p{i}", *_one(1, "a", float(i)))
     per_asset = table.asset_bytes()
     for t in range(2, 200):
-        table.apply("p0", *_one(t, "a", float(t)))
+        apply(table, "p0", *_one(t, "a", float(t)))
 
     assert table.asset_bytes() == per_asset == 10 * (4 + 8 + 8)
     stats = {s.asset_id: s for s in table.stats()}
     assert stats["p0"].rows == 10 and stats["p0"].last_reading_us == 199
     table.drop("p3")
     assert "p3" not in table and len(table) == 39
-    table.apply("new", *_one(5, "a", 5.0))
+    apply(table, "new", *_one(5, "a", 5.0))
     assert table.slot_of("new") is not None and len(table) == 40
 
 
 def test_a_longer_model_window_grows_the_capacity_and_keeps_the_rows() -> None:
     table = WindowTable("pump", capacity=3)
     times, (a,) = rows([1, 2, 3], [1, 2, 3])
-    table.apply("p1", times, ["a"], [a])
+    apply(table, "p1", times, ["a"], [a])
     table.ensure_capacity(5)
     times, (a,) = rows([4], [4])
-    table.apply("p1", times, ["a"], [a])
+    apply(table, "p1", times, ["a"], [a])
 
     values, _, _ = table.windows([table.slot("p1")], 5)
     assert values[0, :, 0].tolist() == [1, 1, 2, 3, 4]
@@ -113,7 +126,7 @@ def test_a_longer_model_window_grows_the_capacity_and_keeps_the_rows() -> None:
 def test_a_time_range_selects_the_newest_rows_before_its_end() -> None:
     table = WindowTable("pump", capacity=10)
     times, (a,) = rows(list(range(10)), list(range(10)))
-    table.apply("p1", times, ["a"], [a])
+    apply(table, "p1", times, ["a"], [a])
     slot = table.slot("p1")
 
     found = table.window_before(slot, 3, 2, 6)
@@ -126,7 +139,7 @@ def test_a_time_range_selects_the_newest_rows_before_its_end() -> None:
 def test_new_rows_are_counted_until_taken() -> None:
     table = WindowTable("pump", capacity=4)
     times, (a,) = rows([1, 2, 3], [1, 2, 3])
-    table.apply("p1", times, ["a"], [a])
+    apply(table, "p1", times, ["a"], [a])
     slot = np.asarray([table.slot("p1")])
     assert table.take_new_rows(slot).tolist() == [3]
     assert table.take_new_rows(slot).tolist() == [0]

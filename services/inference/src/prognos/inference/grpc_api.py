@@ -291,13 +291,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 [("MODEL", f"asset_type/{asset_type}", "no champion model is served yet")],
                 reason="NO_CHAMPION",
             )
-        times, names, columns = batch_columns(readings)
+        times, names, values = batch_columns(readings)
         if len(times) == 0:
             raise InvalidArgumentError([("readings.timestamps_us", "no readings to score")])
         keep = min(len(times), model.window)
         rows = np.full((model.window, len(names)), np.nan, VALUE_DTYPE)
-        for j, column in enumerate(columns):
-            rows[model.window - keep :, j] = column[-keep:]
+        rows[model.window - keep :] = values[-keep:]
         if keep < model.window:
             rows[: model.window - keep] = rows[model.window - keep]
         (prediction,) = await self._run(

@@ -65,36 +65,45 @@ TELEMETRY_SUBJECTS = "telemetry.>"
 
 def batch_columns(
     batch: ingest_pb2.TelemetryBatch,
-) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
-    """Times and channel columns of a telemetry batch, in whichever encoding it uses.
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+    """Times and channel values of a telemetry batch, in whichever encoding it uses.
+
+    The telemetry stream carries every channel as little-endian float64 bytes of the same
+    length: those are read in one piece. Columns of the wrong length are left out.
 
     Returns:
-        ``(times_us, channel names, float64 columns)``, sorted by time.
+        ``(times_us, channel names, (rows, channels) float64 values)``, sorted by time.
     """
     if batch.timestamps_us_le:
         times = np.frombuffer(batch.timestamps_us_le, "<i8")
     else:
         times = np.asarray(batch.timestamps_us, np.int64)
-    names, columns = [], []
-    for channel in batch.channels:
-        if channel.values_f64_le:
-            values = np.frombuffer(channel.values_f64_le, "<f8")
-        elif channel.values_f32_le:
-            values = np.frombuffer(channel.values_f32_le, "<f4").astype(np.float64)
-        else:
-            values = np.asarray(channel.values, np.float64)
-        if len(values) != len(times):
-            continue
-        names.append(channel.name)
-        columns.append(values)
-    if len(times) > 1 and np.any(np.diff(times) <= 0):
+    n = len(times)
+    channels = batch.channels
+    encoded = [c.values_f64_le for c in channels]
+    if all(len(e) == 8 * n for e in encoded):
+        names = tuple(c.name for c in channels)
+        values = np.frombuffer(b"".join(encoded), "<f8").reshape(len(encoded), n).T
+    else:
+        kept, columns = [], []
+        for channel, raw in zip(channels, encoded, strict=True):
+            if raw:
+                column = np.frombuffer(raw, "<f8")
+            elif channel.values_f32_le:
+                column = np.frombuffer(channel.values_f32_le, "<f4").astype(np.float64)
+            else:
+                column = np.asarray(channel.values, np.float64)
+            if len(column) == n:
+                kept.append(channel.name)
+                columns.append(column)
+        names = tuple(kept)
+        values = np.column_stack(columns) if columns else np.zeros((n, 0))
+    if n > 1 and np.any(times[1:] <= times[:-1]):
         order = np.argsort(times, kind="stable")
-        times = times[order]
-        columns = [c[order] for c in columns]
-        keep = np.r_[True, np.diff(times) > 0]
-        times = times[keep]
-        columns = [c[keep] for c in columns]
-    return times, names, columns
+        times, values = times[order], values[order]
+        keep = np.r_[True, times[1:] > times[:-1]]
+        times, values = times[keep], values[keep]
+    return times, names, values
 
 
 @dataclass
@@ -353,11 +362,11 @@ class LiveScorer:
         if rebuild is not None and not rebuild.covers(asset_id):
             return
         batch = ingest_pb2.TelemetryBatch.FromString(msg.data)
-        times, names, columns = batch_columns(batch)
+        times, names, values = batch_columns(batch)
         table = self._table(asset_type)
         seq = msg.metadata.sequence.stream if msg.reply else 0
         message_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-        changed = table.apply(asset_id, times, names, columns, seq=seq, message_id=message_id)
+        changed = table.apply(asset_id, times, names, values, seq=seq, message_id=message_id)
         self._received[asset_id] = time.time()
         if changed and rebuild is None and not self.rebuilding(asset_id):
             self._mark(asset_type, asset_id)

@@ -126,6 +126,9 @@ class ServingPreprocessing:
     def inputs(self, raw: np.ndarray, resolved: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """The model input of a batch of raw windows.
 
+        Computed in float32, as the model runs (raw readings are held in float32 too): it
+        differs from the training code's float64 arithmetic by float32 rounding only.
+
         Args:
             raw: ``(batch, window, channels)`` raw values, NaN where a reading is missing.
             resolved: ``resolve(channels)``.
@@ -134,20 +137,41 @@ class ServingPreprocessing:
             ``(batch, window, features)`` float32.
         """
         setting_index, feature_index = resolved
-        settings = fill_gaps(raw[:, :, setting_index].astype(np.float64))
-        regimes = self.regimes(settings)
-        values = fill_gaps(raw[:, :, feature_index].astype(np.float64))
-        normalised = (values - self.means[regimes]) / self.stds[regimes]
-        np.nan_to_num(normalised, copy=False, nan=0.0)
-        return normalised.astype(np.float32)
+        values = raw[:, :, feature_index].astype(np.float32)
+        if np.isnan(values).any():
+            values = fill_gaps(values)
+        means = self.means.astype(np.float32)
+        scales = (1.0 / self.stds).astype(np.float32)
+        if len(self.regime_centroids) == 1:
+            values -= means[0]
+            values *= scales[0]
+        else:
+            settings = raw[:, :, setting_index].astype(np.float64)
+            if np.isnan(settings).any():
+                settings = fill_gaps(settings)
+            regimes = self.regimes(settings)
+            values -= means[regimes]
+            values *= scales[regimes]
+        missing = np.isnan(values)
+        if missing.any():
+            values[missing] = 0.0  # no reading in the whole window: the regime's mean
+        return values
 
     def regimes(self, settings: np.ndarray) -> np.ndarray:
         """Nearest regime of each row of ``(..., settings)``; NaN settings are ignored."""
         if len(self.regime_centroids) == 1:
             return np.zeros(settings.shape[:-1], np.int64)
-        scaled = (settings[..., None, :] - self.regime_centroids) / self.setting_steps
-        distance = np.nansum(scaled * scaled, axis=-1)
-        return np.argmin(distance, axis=-1)
+        best = np.full(settings.shape[:-1], np.inf)
+        regimes = np.zeros(settings.shape[:-1], np.int64)
+        for k, centroid in enumerate(self.regime_centroids):
+            scaled = (settings - centroid) / self.setting_steps
+            distance = np.einsum("...i,...i->...", scaled, scaled)
+            if np.isnan(distance).any():
+                distance = np.nansum(scaled * scaled, axis=-1)
+            closer = distance < best
+            best = np.where(closer, distance, best)
+            regimes[closer] = k
+        return regimes
 
 
 def fill_gaps(values: np.ndarray) -> np.ndarray:

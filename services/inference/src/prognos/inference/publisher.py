@@ -190,6 +190,8 @@ class AlertAuditor:
                         "failure_probability": p.failure_probability,
                         "previous_probability": alert.previous_probability,
                         "time": p.time.ToJsonString(),
+                        "window_start": p.window.start_time.ToJsonString(),
+                        "window_end": p.window.end_time.ToJsonString(),
                         "top_sensors": [
                             {"channel": s.channel, "contribution": s.contribution}
                             for s in p.top_sensors

@@ -56,9 +56,17 @@ def input_digest(window: np.ndarray) -> str:
 
 
 def prediction_id(asset_id: str, model_version: str, digest: str, shadow: bool) -> str:
-    """Deterministic id: the same window scored by the same model is the same prediction."""
-    name = f"{asset_id}\0{model_version}\0{digest}\0{int(shadow)}"
-    return str(uuid.uuid5(_ID_NAMESPACE, name))
+    """Deterministic id: the same window scored by the same model is the same prediction.
+
+    It is the name-based (version 5) UUID of asset, model version, input digest and shadow
+    flag in a namespace of our own, as ``uuid.uuid5`` computes it, formatted directly.
+    """
+    name = f"{asset_id}\0{model_version}\0{digest}\0{int(shadow)}".encode()
+    raw = bytearray(hashlib.sha1(_ID_NAMESPACE.bytes + name, usedforsecurity=False).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def score(

@@ -50,6 +50,7 @@ class WindowTable:
         self.capacity = capacity
         self.channels: list[str] = []
         self._channel_index: dict[str, int] = {}
+        self._column_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._slots: dict[str, int] = {}
         self._assets: list[str | None] = []
         self._free: list[int] = []
@@ -152,12 +153,19 @@ class WindowTable:
 
     # -- writing --------------------------------------------------------------------------
 
+    def _columns(self, channels: tuple[str, ...]) -> np.ndarray:
+        index = self._column_cache.get(channels)
+        if index is None:
+            index = np.asarray([self._column(c) for c in channels], np.int64)
+            self._column_cache[channels] = index
+        return index
+
     def apply(
         self,
         asset_id: str,
         times_us: np.ndarray,
         channels: Sequence[str],
-        values: Sequence[np.ndarray],
+        values: np.ndarray,
         *,
         seq: int = 0,
         message_id: str = "",
@@ -167,8 +175,8 @@ class WindowTable:
         Args:
             asset_id: The asset.
             times_us: Reading times (microseconds), strictly ascending.
-            channels: Channel name of each column.
-            values: One array per channel, aligned with ``times_us``; NaN is "no reading".
+            channels: Channel name of each column of ``values``.
+            values: ``(rows, channels)`` readings; NaN is "no reading".
             seq: Stream sequence of the message the rows came in.
             message_id: Id of that message (the newest one is remembered).
 
@@ -178,26 +186,23 @@ class WindowTable:
         n = len(times_us)
         if n == 0:
             return False
-        columns = [self._column(c) for c in channels]
+        columns = self._columns(tuple(channels))
         slot = self.slot(asset_id)
         count = int(self._counts[slot])
         cap = self.capacity
-        newest = self._times[slot, cap - 1] if count else None
         if message_id:
             self.last_message[slot] = message_id
-        if newest is None or times_us[0] > newest:
+        if count == 0 or times_us[0] > self._times[slot, cap - 1]:
             # The common case: rows after everything held; shift left and append.
             keep = min(n, cap)
-            rows = np.full((keep, len(self.channels)), np.nan, VALUE_DTYPE)
-            for column, array in zip(columns, values, strict=True):
-                rows[:, column] = array[n - keep :]
             shift = cap - keep
             block = self._values[slot]
             if shift:
                 block[:shift] = block[keep:]
                 self._times[slot, :shift] = self._times[slot, keep:]
                 self._seqs[slot, :shift] = self._seqs[slot, keep:]
-            block[shift:] = rows
+            block[shift:] = np.nan
+            block[shift:, columns] = values[n - keep :]
             self._times[slot, shift:] = times_us[n - keep :]
             self._seqs[slot, shift:] = seq
             self._counts[slot] = min(cap, count + keep)
@@ -209,8 +214,8 @@ class WindowTable:
         self,
         slot: int,
         times_us: np.ndarray,
-        columns: list[int],
-        values: Sequence[np.ndarray],
+        columns: np.ndarray,
+        values: np.ndarray,
         seq: int,
     ) -> bool:
         """Merge rows that are not all newer than the window (late or replayed data)."""
@@ -219,8 +224,7 @@ class WindowTable:
         held_times = self._times[slot, cap - count :]
         held = self._values[slot, cap - count :]
         incoming = np.full((len(times_us), len(self.channels)), np.nan, VALUE_DTYPE)
-        for column, array in zip(columns, values, strict=True):
-            incoming[:, column] = array
+        incoming[:, columns] = values
         times = np.concatenate([held_times, times_us])
         rows = np.concatenate([held, incoming])
         seqs = np.concatenate([self._seqs[slot, cap - count :], np.full(len(times_us), seq)])

@@ -15,6 +15,7 @@ from prognos.ingest.formats import FileFormatError
 from prognos.ingest.grpc_api import SERVICE_NAME, IngestServicer, add_ingest_service
 from prognos.ingest.intake import Catalog, Intake
 from prognos.ingest.quarantine import QuarantineRecorder
+from prognos.ingest.trail import telemetry_steps
 from prognos.ingest.validation import BatchRejectedError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ async def build(runtime: Runtime) -> None:
     )
     recorder = QuarantineRecorder(runtime.store, runtime.js, catalog)
     runtime.background.append(recorder.run)
+    runtime.trail_sources.append(telemetry_steps)
     runtime.server.on_shutdown(recorder.stop)
     for sub in consumers.subscriptions(on_label):
         runtime.subscribe(sub)

@@ -413,3 +413,77 @@ def verify_offline(
         Text(f"{verdict.service}{where}{ident}: {verdict.problem}", "bold red"), highlight=False
     )
     raise typer.Exit(1)
+
+
+# --- the trail of a work order ------------------------------------------------------------
+
+
+@app.command("trail")
+def trail(
+    work_order: Annotated[str, typer.Argument(help="The work order's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trail as JSON.")] = False,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write the report as an HTML page.")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+) -> None:
+    """Everything that led to a work order and followed it; exit 1 if a chain does not verify."""
+    from prognos.cli.trail import collect_trail, render_html, render_trail
+
+    console = Console()
+    info = _run_info(console, data_dir)
+    found = asyncio.run(collect_trail(info, work_order))
+    if not found.of("scheduler"):
+        Console(stderr=True).print(Text(f"error: no work order {work_order}", "red"))
+        raise typer.Exit(2)
+    if html_file is not None:
+        html_file.write_text(render_html(found))
+    if as_json:
+        print(json.dumps(found.to_dict(), indent=1, ensure_ascii=False))
+    else:
+        console.print(render_trail(found))
+    raise typer.Exit(0 if found.verified else 1)
+
+
+# --- erasure of personal data -------------------------------------------------------------
+
+
+async def erase_person(info: RunInfo, person: str, reason: str) -> dict[str, list[str]]:
+    """Have every running service erase ``person``'s name; the references erased, by service.
+
+    Args:
+        info: What `prognos up` started.
+        person: The name as recorded, or ``person/<id>``.
+        reason: Why (audited with each erasure).
+    """
+
+    async def one(service: str) -> tuple[str, list[str]]:
+        async with open_channel(info, service, role="admin") as channel:
+            reply = await audit_pb2_grpc.AuditServiceStub(channel).ErasePerson(
+                audit_pb2.ErasePersonRequest(person=person, reason=reason), timeout=_TIMEOUT_S
+            )
+        return service, list(reply.erased)
+
+    names = [record.name for record in info.services]
+    return dict(await asyncio.gather(*(one(name) for name in names)))
+
+
+@app.command("erase")
+def erase(
+    person: Annotated[str, typer.Argument(help="The person's name as recorded, or person/<id>.")],
+    reason: Annotated[str, typer.Option(help="Why (e.g. the request's number); audited.")] = "",
+    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+) -> None:
+    """Erase a person's name from every trail that shows it; the chains keep verifying."""
+    console = Console()
+    info = _run_info(console, data_dir)
+    erased = asyncio.run(erase_person(info, person, reason))
+    table = Table(title="Erasure")
+    table.add_column("Service")
+    table.add_column("Erased")
+    for service, refs in erased.items():
+        table.add_row(service, ", ".join(refs) or "-")
+    console.print(table)
+    if not any(erased.values()):
+        console.print(Text("no service knew that person", "yellow"))
+        raise typer.Exit(1)

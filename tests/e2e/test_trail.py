@@ -321,7 +321,6 @@ async def test_a_work_order_from_real_telemetry_has_its_whole_trail_verified(
     # trace continues through inference into the scheduler, which proposed the order in it.
     for step in (*received, approved, promoted, acknowledged, scheduler[0]):
         assert len(step["trace_id"]) == 32, step
-    print(sorted({(s["service"], s["action"], s["trace_id"]) for s in steps}))
     # The readable report tells the same story.
     for words in ("verified", "work_order.acknowledged", story.version, PERSON, "user:bob"):
         assert words in report, words

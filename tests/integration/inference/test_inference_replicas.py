@@ -80,3 +80,55 @@ async def test_a_second_replica_takes_a_share_and_gives_it_back_when_it_leaves(
         await assert_eventually(
             lambda: all(made_since(nats_bus, x, left_us) for x in ids), timeout=20
         )
+
+
+async def test_a_restarted_replica_rebuilds_its_windows_from_the_stream(
+    inference_settings: Any, nats_bus: Bus, model_dirs: list[Path]
+) -> None:
+    fleet = sim.live_fleet(20, seed=13)
+    ids = {a.asset_id for a in fleet}
+    await nats_bus.alias(sim.alias_moved(TYPE, "turbofan-v1", model_dirs[0]))
+    settings = inference_settings(inference_replica_id="replica-a")
+    async with running_inference(settings) as a:
+        await nats_bus.feed(TYPE, fleet, rows=35)
+        await assert_eventually(lambda: all(nats_bus.observed.latest(x) for x in ids), timeout=30)
+    before = {x: nats_bus.observed.latest(x) for x in ids}
+
+    # Alone again, nobody says where its windows start: it replays the lookback.
+    async with running_inference(settings) as a:
+
+        async def rebuilt() -> None:
+            held = await windows_of(a)
+            assert set(held) == ids and set(held.values()) == {35}
+
+        await assert_eventually(rebuilt, timeout=20)
+        # Rebuilt windows are scored again: the same inputs, so the same predictions.
+        await assert_eventually(
+            lambda: all(len(nats_bus.observed.predictions[x]) >= 2 for x in ids), timeout=20
+        )
+        for asset_id in ids:
+            again = nats_bus.observed.predictions[asset_id][-1]
+            assert again.prediction_id == before[asset_id].prediction_id
+            assert again.input_digest == before[asset_id].input_digest
+
+
+async def test_a_replica_with_nothing_to_replay_scores_new_readings(
+    inference_settings: Any, nats_bus: Bus, model_dirs: list[Path]
+) -> None:
+    fleet = sim.live_fleet(10, seed=14)
+    ids = {a.asset_id for a in fleet}
+    await nats_bus.alias(sim.alias_moved(TYPE, "turbofan-v1", model_dirs[0]))
+    # Readings older than the lookback: the rebuild finds nothing and must not wait forever.
+    old_us = time.time_ns() // 1000 - 60_000_000
+    last_seq = 0
+    for asset in fleet:
+        last_seq = await nats_bus.telemetry(TYPE, asset.asset_id, asset.readings(35), old_us)
+    await assert_eventually(lambda: last_seq > 0)
+    settings = inference_settings(inference_rebuild_lookback_s=0.001)
+    async with running_inference(settings) as replica:
+        live = replica.inference.live
+        await assert_eventually(lambda: not live._rebuilds, timeout=20, message="rebuild done")
+        await assert_eventually(lambda: replica.inference.models.pair(TYPE).champion, timeout=30)
+        await nats_bus.feed(TYPE, fleet, rows=3)
+        await assert_eventually(lambda: all(nats_bus.observed.latest(x) for x in ids), timeout=20)
+        assert set((await windows_of(replica)).values()) == {3}

@@ -467,9 +467,9 @@ class LiveScorer:
         )
         try:
             while not done.done():
-                # Nothing newer than ``end`` may be left to replay (an empty range).
+                # A range with nothing in it (all older than the start) delivers nothing.
                 info = await sub.consumer_info()
-                if info.num_pending == 0 and info.delivered.stream_seq >= end:
+                if info.num_pending == 0 and count >= info.delivered.consumer_seq:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(done), 1.0)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import nats
 import pytest
 
@@ -208,6 +209,12 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
             await asyncio.wait_for(first, 60)
             assert watcher.connections == 1 and len(watcher.positions) == 40
 
+            async def all_decided() -> None:
+                info = await js.consumer_info("INFERENCE", "scheduler-on-prediction")
+                assert info.num_pending == 0 and info.num_ack_pending == 0
+
+            await assert_eventually(all_decided, timeout=60, interval=0.5)
+
             async def settled() -> list[scheduler_pb2.WorkOrder]:
                 orders = await all_orders(stub)
                 assert {o.asset_id for o in orders} == plan.expected
@@ -221,15 +228,20 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
 
             # Reconnect from the stored position: the rest, nothing twice, then live changes.
             second = asyncio.create_task(watcher.follow())
-            await assert_eventually(
-                lambda: caught_up(watcher, orders), timeout=30, message="watch caught up"
-            )
+
+            async def watch_caught_up() -> None:
+                # The planner may still refine slots not yet released: compare with now.
+                caught_up(watcher, await all_orders(stub))
+
+            await assert_eventually(watch_caught_up, timeout=30, message="watch caught up")
+            orders = await all_orders(stub)
 
             released = [o for o in orders if o.state == S.WORK_ORDER_STATE_RELEASED][:6]
             assert len(released) == 6
             labels = await nc.jetstream().subscribe(
                 "scheduler.outcome.recorded", stream="SCHEDULER", ordered_consumer=True
             )
+            completed: dict[str, S.CompleteWorkOrderResponse] = {}
             for n, order in enumerate(released):
                 ack = S.AcknowledgeWorkOrderRequest(
                     idempotency_key=key(), work_order_id=order.id, erp_order_number=f"SAP-{n}"
@@ -239,7 +251,7 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
                 await stub.StartWorkOrder(
                     S.StartWorkOrderRequest(idempotency_key=key(), work_order_id=order.id)
                 )
-                await stub.CompleteWorkOrder(
+                completed[order.id] = await stub.CompleteWorkOrder(
                     S.CompleteWorkOrderRequest(
                         idempotency_key=key(),
                         work_order_id=order.id,
@@ -271,18 +283,27 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
                 label = found[order.id]
                 assert label.asset_id == order.asset_id
                 assert label.failure_found == (n % 2 == 0)
-                assert label.cause.prediction_id == order.cause.prediction_id
+                cause = completed[order.id].work_order.cause
+                assert label.cause.prediction_id == cause.prediction_id
             with contextlib.suppress(nats.errors.TimeoutError):
                 extra = await labels.next_msg(timeout=1)
                 pytest.fail(f"one label too many: {extra.subject}")
             await labels.unsubscribe()
             # The ingest service archived each label once, for retraining.
             completed_assets = sorted(o.asset_id for o in released)
-            archived = await archived_labels(fleet, completed_assets)
-            assert archived == dict.fromkeys(completed_assets, 1)
 
-            final = await all_orders(stub)
-            await assert_eventually(lambda: caught_up(watcher, final), timeout=20)
+            async def archived_once() -> None:
+                try:
+                    archived = await archived_labels(fleet, completed_assets)
+                except grpc.aio.AioRpcError as error:
+                    # The archive is still catching up: ask again.
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                    raise AssertionError(error.details()) from None
+                assert archived == dict.fromkeys(completed_assets, 1)
+
+            await assert_eventually(archived_once, timeout=120, interval=1.0)
+
+            await assert_eventually(watch_caught_up, timeout=20)
             second.cancel()
             await asyncio.gather(second, return_exceptions=True)
         finally:

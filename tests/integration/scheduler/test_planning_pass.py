@@ -78,3 +78,5 @@ async def test_a_risk_update_while_a_plan_is_written_books_no_crew_twice(
     # The pass the stale order asks for plans with b's new risk: b displaces a.
     await planner.plan_once()
     assert set(await scheduled(store)) == {"b", "c"}
+    # Nothing changed: the next pass writes nothing.
+    assert (await planner.plan_once()).changes == []

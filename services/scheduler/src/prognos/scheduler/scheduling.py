@@ -244,10 +244,10 @@ class Planner:
         """Slots for the plan's work; what does not fit its window's lanes tries other windows.
 
         The plan respects each window's crew-hours, but a window's lanes may hold less when
-        its free time is in stretches shorter than a job. Such a job goes to the earliest
-        gap it fits before its predicted failure in another window of its plant, riskiest
-        job first; the ids of those that fit nowhere are returned, with the slots and the
-        number of jobs moved.
+        its free time is in stretches shorter than a job. Such a job goes back to its
+        previous slot if that is still free, else to the earliest gap it fits before its
+        predicted failure in another window of its plant, riskiest job first. Returns the
+        slots, the ids of the jobs that fit nowhere, and how many jobs were moved.
         """
         by_window: dict[str, list[Job]] = defaultdict(list)
         for item_id, window_id in plan.assignments.items():
@@ -264,6 +264,15 @@ class Planner:
         left: list[str] = []
         for job in overflow:
             item = item_of[job.id]
+            previous = job.previous
+            if (
+                previous is not None
+                and previous.window_id in lanes
+                and previous.end <= item.predicted_failure_at
+                and lanes[previous.window_id].keep(job, previous)
+            ):
+                slots[job.id] = previous  # where it was: no change to announce
+                continue
             for window in windows:
                 if window_plant[window.id] != item.plant:
                     continue

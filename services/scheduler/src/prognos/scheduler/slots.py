@@ -127,14 +127,7 @@ class WindowLanes:
         rest: list[Job] = []
         for job in jobs:
             prev = job.previous
-            if (
-                prev is not None
-                and prev.window_id == self.window.id
-                and prev.start >= self.start
-                and prev.end <= self.window.end
-                and self._skill_of.get(prev.crew_id) == job.skill
-                and self._occupy_if_free(job.skill, prev)
-            ):
+            if prev is not None and self.keep(job, prev):
                 slots[job.id] = prev
             else:
                 rest.append(job)
@@ -161,6 +154,16 @@ class WindowLanes:
         start, n = best
         lanes[n].take(start, start + job.duration)
         return Slot(self.window.id, start, start + job.duration, lanes[n].crew_id)
+
+    def keep(self, job: Job, slot: Slot) -> bool:
+        """Give ``job`` exactly ``slot`` (a slot of this window) if its crew is free then."""
+        return (
+            slot.window_id == self.window.id
+            and slot.start >= self.start
+            and slot.end <= self.window.end
+            and self._skill_of.get(slot.crew_id) == job.skill
+            and self._occupy_if_free(job.skill, slot)
+        )
 
     def _occupy_if_free(self, skill: str, slot: Slot) -> bool:
         for lane in self.lanes.get(skill, []):

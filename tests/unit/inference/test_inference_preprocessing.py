@@ -85,6 +85,9 @@ def test_an_unknown_format_is_refused(fitted: tuple[Preprocessing, ServingPrepro
     document = {**fitted[0].to_dict(), "format_version": 99}
     with pytest.raises(PreprocessingFormatError, match="99"):
         ServingPreprocessing.from_json(document)
+    aged = {**fitted[0].to_dict(), "age_column": "cycle", "format_version": 2}
+    with pytest.raises(PreprocessingFormatError, match="age"):
+        ServingPreprocessing.from_json(aged)
     broken = {k: v for k, v in fitted[0].to_dict().items() if k != "means"}
     with pytest.raises(PreprocessingFormatError, match="means"):
         ServingPreprocessing.from_json(broken)

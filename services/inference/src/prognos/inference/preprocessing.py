@@ -69,6 +69,11 @@ class ServingPreprocessing:
         Raises:
             PreprocessingFormatError: Unknown format version or missing keys.
         """
+        if data.get("age_column"):
+            raise PreprocessingFormatError(
+                f"the model takes the unit's age ({data['age_column']!r}, cycles since its "
+                "life began) as an input, which live telemetry does not carry"
+            )
         if data.get("format_version") != FORMAT_VERSION:
             raise PreprocessingFormatError(
                 f"unsupported preprocessing format {data.get('format_version')!r}"

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+
 from prognos.core.config import Settings
 from prognos.core.migrate import sync_url, upgrade
 from prognos.core.store import EventStore
 from prognos.core.store import create_engine as create_store_engine
-from sqlalchemy import create_engine, text
 
 PG_URL = os.environ.get("PROGNOS_TEST_PG_URL")
 

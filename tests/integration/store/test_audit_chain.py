@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from prognos.core import audit
-from prognos.core.store import EventStore, is_postgres
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+
+from prognos.core import audit
+from prognos.core.store import EventStore, is_postgres
 
 
 async def _write_entries(store: EventStore, n: int) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
+
 from prognos.core.errors import ConcurrencyError
 from prognos.core.events import DomainEvent
 from prognos.core.store import EventStore
@@ -124,8 +125,9 @@ async def test_tracking_tells_a_redelivery_apart(store: EventStore) -> None:
 
 
 async def test_old_event_versions_are_upcast_on_read(store: EventStore) -> None:
-    from prognos.core.store import events_table
     from sqlalchemy import update
+
+    from prognos.core.store import events_table
 
     async with store.transaction() as uow:
         await uow.append("n", 0, [CounterRenamed(name="pump", display="Pump")])

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 from google.protobuf import any_pb2, timestamp_pb2
+
 from prognos.api.common.v1 import envelope_pb2
 from prognos.api.ingest.v1 import events_pb2 as ingest_events_pb2
 from prognos.api.ingest.v1 import ingest_pb2

@@ -16,8 +16,9 @@ from alembic.config import Config
 from sqlalchemy import create_engine, pool, text
 
 if TYPE_CHECKING:
-    from prognos.core.config import Settings
     from sqlalchemy import MetaData
+
+    from prognos.core.config import Settings
 
 CORE_MIGRATIONS = Path(__file__).parent / "migrations"
 CORE_VERSIONS = CORE_MIGRATIONS / "versions"

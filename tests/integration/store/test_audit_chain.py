@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from prognos.core import audit
+from prognos.core.config import Settings
 from prognos.core.store import EventStore, is_postgres
 
 
@@ -96,3 +97,23 @@ async def test_verify_detects_a_relinked_chain(store: EventStore) -> None:
         await conn.execute(text("UPDATE audit_log SET seq = seq - 1 WHERE seq > 2"))
     result = await _verify(store)
     assert not result.ok and result.broken_seq == 2
+
+
+async def test_work_outside_any_trace_still_gets_a_trace_id(
+    store: EventStore, store_settings: Settings
+) -> None:
+    from opentelemetry import trace
+
+    from prognos.core import telemetry
+
+    telemetry.setup(store_settings)
+    assert not trace.get_current_span().get_span_context().is_valid
+    async with store.transaction(actor="service:planner") as uow:
+        entry = await uow.audit("plan.written", "plan/1")
+    assert len(entry.trace_id) == 32 and entry.trace_id != "0" * 32
+    async with store.transaction() as uow:
+        other = await uow.audit("plan.written", "plan/2")
+    assert other.trace_id != entry.trace_id
+    telemetry.flush()
+    traced = {span.trace_id for span in telemetry.read_spans(store_settings.spans_dir)}
+    assert {entry.trace_id, other.trace_id} <= traced

@@ -13,6 +13,7 @@ position order is the commit order and the audit chain never forks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.any_pb2 import Any as AnyProto
+from opentelemetry import trace
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -128,6 +130,8 @@ audit_table = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+_tracer = trace.get_tracer("prognos.core.store")
 
 # Any constant will do: it names "the writer lock of this service's database".
 _WRITER_LOCK_KEY = 0x70726F676E6F73
@@ -476,7 +480,24 @@ class EventStore:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> AsyncIterator[UnitOfWork]:
-        """A unit of work that commits on normal exit and rolls back on an exception."""
+        """A unit of work that commits on normal exit and rolls back on an exception.
+
+        Work started outside any trace (a background planner, a schedule, a worker's
+        report) gets a span of its own, so every event and audit entry it writes names a
+        trace that ``prognos trace show`` can render.
+        """
+        with contextlib.ExitStack() as spans:
+            if not trace.get_current_span().get_span_context().is_valid:
+                spans.enter_context(
+                    _tracer.start_as_current_span(f"{self.service} background transaction")
+                )
+            async with self._transaction(actor, correlation_id, causation_id) as uow:
+                yield uow
+
+    @asynccontextmanager
+    async def _transaction(
+        self, actor: str | None, correlation_id: str | None, causation_id: str | None
+    ) -> AsyncIterator[UnitOfWork]:
         async with self.engine.connect() as conn, conn.begin():
             if is_postgres(conn):
                 await conn.execute(

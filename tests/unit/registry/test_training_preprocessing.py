@@ -136,3 +136,24 @@ def test_reference_distributions_describe_every_kept_feature(
     assert feature["raw"]["quantiles"][-1] == raw.max()
     assert len(feature["normalised"]["sample"]) == 50
     assert sum(reference["regime_shares"]) == pytest.approx(1.0)
+
+
+def test_the_age_feature_is_the_last_input_and_ignores_the_regime(
+    fleet: Fleet, six_regimes: tuple[tuple[float, float, float], ...]
+) -> None:
+    frame = fleet(4, seed=9, regimes=six_regimes)
+    preprocessing = Preprocessing.fit(
+        frame, window=10, rul_clip=50.0, horizon_cycles=15.0, age_column="cycle"
+    )
+    assert preprocessing.input_columns == (*preprocessing.features, "cycle")
+    normalised = preprocessing.normalise(frame)
+    cycles = frame["cycle"].to_numpy(np.float64)
+    np.testing.assert_allclose(
+        normalised[:, -1], (cycles - cycles.mean()) / cycles.std(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(normalised[:, :-1], _fit(frame).normalise(frame))
+    document = preprocessing.to_dict()
+    assert document["format_version"] == 2 and _fit(frame).to_dict()["format_version"] == 1
+    assert Preprocessing.from_dict(document) == preprocessing
+    with pytest.raises(ValueError, match="format"):
+        Preprocessing.from_dict({**document, "format_version": 1})

@@ -117,6 +117,7 @@ def render_report(evaluation: dict[str, Any], path: str | Path, *, title: str = 
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = sorted(evaluation["per_unit"], key=lambda r: (r["true_rul_clipped"], r["predicted_rul"]))
     true = np.array([r["true_rul_clipped"] for r in rows])
@@ -148,6 +149,7 @@ def render_report(evaluation: dict[str, Any], path: str | Path, *, title: str = 
     histogram.axvline(0, color="black", linewidth=1)
     histogram.set_xlabel("error = predicted - true (cycles); > 0 is late")
     histogram.set_ylabel("units")
+    histogram.yaxis.set_major_locator(MaxNLocator(integer=True))
     histogram.set_title(f"Error histogram (mean {errors.mean():+.1f} cycles)")
     histogram.grid(alpha=0.3)
 
@@ -161,7 +163,12 @@ def render_report(evaluation: dict[str, Any], path: str | Path, *, title: str = 
         calibration.plot(mean_predicted, observed, marker="o", color="tab:orange", label="model")
         for px, py, n in zip(mean_predicted, observed, counts, strict=True):
             calibration.annotate(
-                f"n={n:g}", (px, py), textcoords="offset points", xytext=(5, -12), fontsize=8
+                f"n={n:g}",
+                (px, py),
+                textcoords="offset points",
+                xytext=(-6 if px > 0.85 else 6, -14 if py > 0.5 else 8),
+                ha="right" if px > 0.85 else "left",
+                fontsize=8,
             )
     calibration.set_xlim(-0.02, 1.02)
     calibration.set_ylim(-0.02, 1.02)

@@ -136,7 +136,7 @@ def export_serving(
         preprocessing_sha256=file_sha256(preprocessing),
         reference_sha256=file_sha256(reference),
         input_name=INPUT_NAME,
-        input_shape=(None, trained.preprocessing.window, len(trained.preprocessing.features)),
+        input_shape=(None, trained.preprocessing.window, len(trained.preprocessing.input_columns)),
         outputs=(RUL_OUTPUT, PROBABILITY_OUTPUT),
         check=check,
     )

@@ -7,7 +7,9 @@ this package can reproduce it from the JSON alone:
 1. assign each row to the nearest regime centroid, distances measured in units of the
    rounding step of each operating setting (``10 ** -decimals``);
 2. keep the ``features`` columns and z-score them with that regime's mean and std;
-3. a window is the last ``window`` rows of a unit, oldest first; a unit with fewer rows is
+3. when ``age_column`` is set, append it (the row's cycle: cycles since the unit's life
+   began) z-scored with ``age_mean`` and ``age_std``, the same for every regime;
+4. a window is the last ``window`` rows of a unit, oldest first; a unit with fewer rows is
    padded at the front by repeating its first (normalised) row.
 """
 
@@ -27,6 +29,9 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from prognos.registry.training.data import CYCLE, RUL, SENSORS, SETTINGS, UNIT
 
 FORMAT_VERSION = 1
+#: Documents that use ``age_column`` are version 2, so a version-1 reader refuses them
+#: instead of building windows one column short.
+AGE_FORMAT_VERSION = 2
 MAX_ROUNDED_SETTINGS = 5000
 
 
@@ -109,6 +114,9 @@ class Preprocessing:
     dropped: tuple[str, ...]
     means: tuple[tuple[float, ...], ...]
     stds: tuple[tuple[float, ...], ...]
+    age_column: str | None = None
+    age_mean: float = 0.0
+    age_std: float = 1.0
     padding: str = "edge"
     format_version: int = FORMAT_VERSION
 
@@ -124,12 +132,14 @@ class Preprocessing:
         sensors: Sequence[str] = SENSORS,
         settings: Sequence[str] = SETTINGS,
         constant_fraction: float = 0.95,
+        age_column: str | None = None,
     ) -> Self:
         """Fit regimes, kept sensors and per-regime statistics on training rows.
 
         A sensor is dropped as (near) constant when, within every regime, one value covers
         at least ``constant_fraction`` of the rows or the spread is zero: after per-regime
-        scaling it would carry nothing but rounding noise.
+        scaling it would carry nothing but rounding noise. ``age_column`` (``"cycle"`` for
+        C-MAPSS), when given, becomes the last input feature.
         """
         raw_settings = frame[list(settings)].to_numpy(np.float64)
         centroids = detect_regimes(raw_settings, setting_decimals)
@@ -157,6 +167,10 @@ class Preprocessing:
             std = part.std(axis=0)
             means.append(tuple(float(v) for v in mean))
             stds.append(tuple(float(v) if v > 1e-12 else 1.0 for v in std))
+        age_mean, age_std = 0.0, 1.0
+        if age_column is not None:
+            age = frame[age_column].to_numpy(np.float64)
+            age_mean, age_std = float(age.mean()), float(age.std()) or 1.0
         return cls(
             window=int(window),
             rul_clip=float(rul_clip),
@@ -168,7 +182,16 @@ class Preprocessing:
             dropped=tuple(dropped),
             means=tuple(means),
             stds=tuple(stds),
+            age_column=age_column,
+            age_mean=age_mean,
+            age_std=age_std,
+            format_version=FORMAT_VERSION if age_column is None else AGE_FORMAT_VERSION,
         )
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns of a window row, in order: kept sensors, then the age if used."""
+        return self.features if self.age_column is None else (*self.features, self.age_column)
 
     @property
     def n_regimes(self) -> int:
@@ -184,18 +207,22 @@ class Preprocessing:
         )
 
     def normalise(self, frame: pd.DataFrame) -> np.ndarray:
-        """``(rows, features)`` float32: each row scaled with its own regime's statistics."""
+        """``(rows, input_columns)`` float32: sensors scaled with their row's regime statistics."""
         regimes = self.regimes(frame)
         data = frame[list(self.features)].to_numpy(np.float64)
         means = np.asarray(self.means)[regimes]
         stds = np.asarray(self.stds)[regimes]
-        return ((data - means) / stds).astype(np.float32)
+        scaled = (data - means) / stds
+        if self.age_column is not None:
+            age = (frame[self.age_column].to_numpy(np.float64) - self.age_mean) / self.age_std
+            scaled = np.column_stack([scaled, age])
+        return scaled.astype(np.float32)
 
     def training_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every window of every run-to-failure unit, with its labels.
 
         Returns:
-            ``(windows, rul, failing)``: ``(n, window, features)`` float32 inputs, the RUL at
+            ``(windows, rul, failing)``: ``(n, window, input_columns)`` float32 inputs, the RUL at
             each window's last row clipped at ``rul_clip`` (float32), and whether the unit
             fails within ``horizon_cycles`` of that row (float32 0/1).
         """
@@ -226,8 +253,10 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Inverse of ``to_dict``."""
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported preprocessing format {data.get('format_version')}")
+        version = data.get("format_version")
+        expected = FORMAT_VERSION if data.get("age_column") is None else AGE_FORMAT_VERSION
+        if version != expected:
+            raise ValueError(f"unsupported preprocessing format {version} (expected {expected})")
         nested = {"regime_centroids", "means", "stds"}
         values = {
             key: tuple(tuple(row) for row in value)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from prognos.registry.training.data import RUL, UNIT, add_rul
+from prognos.registry.training.data import CYCLE, RUL, UNIT, add_rul
 from prognos.registry.training.models import (
     PROBABILITY_OUTPUT,
     RUL_OUTPUT,
@@ -41,10 +41,13 @@ class TrainConfig:
 
     ``probability_weight`` weighs the failure-probability loss (binary cross-entropy) against
     the RUL loss (squared error on RUL / ``rul_clip``); ``members`` above one trains that
-    many independently initialised networks and serves their mean.
+    many independently initialised networks and serves their mean; ``age_feature`` adds the
+    row's cycle (cycles since the unit's life began) as an input. It measured better (see
+    MODEL_CARD.md) but is off by default: it needs a server that reads preprocessing
+    format 2.
     """
 
-    window: int = 30
+    window: int = 50
     epochs: int = 15
     batch: int = 256
     lr: float = 2e-3
@@ -55,6 +58,7 @@ class TrainConfig:
     members: int = 1
     probability_weight: float = 0.05
     setting_decimals: tuple[int, ...] = (0, 2, 0)
+    age_feature: bool = False
     verification_samples: int = 256
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def train(
         rul_clip=config.rul_clip,
         horizon_cycles=config.horizon_cycles,
         setting_decimals=config.setting_decimals,
+        age_column=CYCLE if config.age_feature else None,
     )
     windows, rul, failing = preprocessing.training_windows(frame)
     if progress is not None:
@@ -179,7 +184,7 @@ def train(
     networks = build_networks(
         config.architecture,
         config.window,
-        len(preprocessing.features),
+        len(preprocessing.input_columns),
         config.rul_clip,
         members=config.members,
     )

@@ -19,7 +19,7 @@ def apply(
     times: np.ndarray,
     names: list[str],
     columns: list[np.ndarray],
-    **kwargs: int,
+    **kwargs: float,
 ) -> bool:
     """``table.apply`` with the columns given one by one."""
     return table.apply(asset_id, times, names, np.column_stack(columns), **kwargs)
@@ -39,6 +39,17 @@ def test_keeps_the_newest_rows_in_time_order_within_its_capacity() -> None:
     assert (int(start[0]), int(end[0])) == (3, 6)
     assert table.count(slot) == 4
     assert table.low_sequence() == 5  # row 3 came in message 5
+
+
+def test_the_low_sequence_leaves_out_assets_idle_since_the_horizon() -> None:
+    table = WindowTable("pump", capacity=4)
+    times, (a,) = rows([1, 2], [1, 2])
+    apply(table, "idle", times, ["a"], [a], seq=3, applied_at=100)
+    apply(table, "busy", times, ["a"], [a], seq=9, applied_at=200)
+
+    assert table.low_sequence(since=0) == 3
+    assert table.low_sequence(since=150) == 9
+    assert table.low_sequence(since=300) == 0
 
 
 def test_a_short_history_is_padded_at_the_front_with_its_oldest_row() -> None:

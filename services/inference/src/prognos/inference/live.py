@@ -229,7 +229,6 @@ class LiveScorer:
         self._asset_of_token: dict[str, str] = {}
         self._owned: dict[str, bool] = {}
         self._view: tuple[str, ...] = ()
-        self._received: dict[str, float] = {}
         self._dirty: dict[str, dict[str, None]] = {}
         self._dirty_count = 0
         self._in_flight: set[str] = set()
@@ -291,19 +290,9 @@ class LiveScorer:
 
     def low_sequence(self) -> int:
         """Oldest stream sequence the windows of recently active assets still need."""
-        horizon = time.time() - self._settings.inference_rebuild_lookback_s
-        low = 0
-        for table in self.tables.values():
-            slots = [
-                slot
-                for asset_id in table.asset_ids
-                if self._received.get(asset_id, 0.0) >= horizon
-                and (slot := table.slot_of(asset_id)) is not None
-            ]
-            seq = table.low_sequence(slots)
-            if seq and (not low or seq < low):
-                low = seq
-        return low
+        since = time.time() - self._settings.inference_rebuild_lookback_s
+        seqs = [seq for table in self.tables.values() if (seq := table.low_sequence(since))]
+        return min(seqs) if seqs else 0
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -366,8 +355,9 @@ class LiveScorer:
         table = self._table(asset_type)
         seq = msg.metadata.sequence.stream if msg.reply else 0
         message_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-        changed = table.apply(asset_id, times, names, values, seq=seq, message_id=message_id)
-        self._received[asset_id] = time.time()
+        changed = table.apply(
+            asset_id, times, names, values, seq=seq, message_id=message_id, applied_at=time.time()
+        )
         if changed and rebuild is None and not self.rebuilding(asset_id):
             self._mark(asset_type, asset_id)
 

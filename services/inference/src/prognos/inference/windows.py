@@ -14,7 +14,7 @@ asset due for scoring.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,8 @@ class WindowTable:
         self._counts = np.zeros(0, np.int64)
         #: Rows added to each asset since ``take_new_rows`` last asked.
         self._new_rows = np.zeros(0, np.int64)
+        #: When each asset's newest batch was applied (``time.time()``; 0 for none).
+        self._applied_at = np.zeros(0, np.float64)
         #: Id of the newest telemetry message applied to each asset.
         self.last_message: list[str] = []
 
@@ -110,6 +112,7 @@ class WindowTable:
         self._seqs[slot] = 0
         self._counts[slot] = 0
         self._new_rows[slot] = 0
+        self._applied_at[slot] = 0.0
         self.last_message[slot] = ""
         self._free.append(slot)
 
@@ -123,6 +126,7 @@ class WindowTable:
         self._seqs = _grown(self._seqs, new)
         self._counts = _grown(self._counts, new)
         self._new_rows = _grown(self._new_rows, new)
+        self._applied_at = _grown(self._applied_at, new)
         self._assets.extend([None] * (new - old))
         self.last_message.extend([""] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
@@ -169,6 +173,7 @@ class WindowTable:
         *,
         seq: int = 0,
         message_id: str = "",
+        applied_at: float = 0.0,
     ) -> bool:
         """Merge a batch of readings into the asset's window.
 
@@ -179,6 +184,7 @@ class WindowTable:
             values: ``(rows, channels)`` readings; NaN is "no reading".
             seq: Stream sequence of the message the rows came in.
             message_id: Id of that message (the newest one is remembered).
+            applied_at: The time now (``time.time()``), remembered for ``low_sequence``.
 
         Returns:
             Whether the window changed.
@@ -188,6 +194,7 @@ class WindowTable:
             return False
         columns = self._columns(tuple(channels))
         slot = self.slot(asset_id)
+        self._applied_at[slot] = applied_at
         count = int(self._counts[slot])
         cap = self.capacity
         if message_id:
@@ -333,16 +340,21 @@ class WindowTable:
         self._new_rows[slots] = 0
         return taken
 
-    def low_sequence(self, slots: Iterable[int] | None = None) -> int:
-        """Smallest stream sequence among the rows held (0 when nothing is held)."""
-        picked = (
-            np.fromiter(slots, np.int64)
-            if slots is not None
-            else np.asarray(list(self._slots.values()), np.int64)
-        )
-        if len(picked) == 0:
+    def low_sequence(self, since: float = 0.0) -> int:
+        """Smallest stream sequence among the rows of assets applied to since ``since``.
+
+        Args:
+            since: Leave out assets whose newest batch is older (``time.time()``): an idle
+                asset would otherwise hold the sequence back forever.
+
+        Returns:
+            The sequence, or 0 when no row qualifies.
+        """
+        active = self._applied_at >= since
+        active &= self._counts > 0
+        if not active.any():
             return 0
-        seqs = self._seqs[picked]
+        seqs = self._seqs[active]
         held = seqs[seqs > 0]
         return int(held.min()) if len(held) else 0
 

@@ -194,6 +194,11 @@ class Archiver:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def wait(self) -> None:
+        """Until the archiver stops (after ``stop``, or when it failed)."""
+        if self._task is not None:
+            await self._task
+
     def labels_recorded(self) -> None:
         """Labels were added: write them with the next flush."""
         self._labels_due = True

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from prognos.core.errors import InvalidArgumentError
 from prognos.core.service import Runtime
 from prognos.ingest import consumers
-from prognos.ingest.archive import Archiver
+from prognos.ingest.archive_process import ArchiveProcess
 from prognos.ingest.domain import AssetInvalidError, AssetTypeInvalidError, SnapshotInvalidError
 from prognos.ingest.files import FileImporter
 from prognos.ingest.formats import FileFormatError
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 STREAM = "INGEST"
 _CATALOG_REFRESH_S = 2.0
+_GC_THRESHOLDS = (20_000, 20, 20)
 
 #: HTTP/2 flow control of telemetry streams. gRPC's bandwidth-delay probing would let a
 #: client push many megabytes past a stream whose service stopped reading (JetStream slow
@@ -54,32 +56,23 @@ async def build(runtime: Runtime) -> None:
     intake = Intake(settings, runtime.store, runtime.js, catalog)
     await intake.start(runtime.nc.max_payload)
 
-    archiver: Archiver | None = None
+    archive: ArchiveProcess | None = None
     if settings.archive_enabled:
-        archiver = Archiver(
-            runtime.store,
-            runtime.js,
-            settings.effective_archive_dir,
-            catalog,
-            flush_rows=settings.archive_flush_rows,
-            flush_interval_s=settings.archive_flush_interval_s,
-        )
-        runtime.background.append(archiver.run)
-        runtime.server.on_shutdown(archiver.stop)
-    on_label = archiver.labels_recorded if archiver else (lambda: None)
+        archive = ArchiveProcess(settings, runtime.nc)
+        runtime.background.append(archive.run)
+        runtime.server.on_shutdown(archive.stop)
     files = FileImporter(
         runtime.store,
         intake,
         settings.data_dir / "uploads",
         window=settings.telemetry_window,
         stall_timeout_s=settings.telemetry_stall_timeout_s,
-        on_labels=on_label,
     )
     recorder = QuarantineRecorder(runtime.store, runtime.js, catalog)
     runtime.background.append(recorder.run)
     runtime.trail_sources.append(telemetry_steps)
     runtime.server.on_shutdown(recorder.stop)
-    for sub in consumers.subscriptions(on_label):
+    for sub in consumers.subscriptions():
         runtime.subscribe(sub)
 
     async def refresh_catalog() -> None:
@@ -91,8 +84,14 @@ async def build(runtime: Runtime) -> None:
                 log.warning("refreshing the asset types failed", exc_info=True)
 
     runtime.background.append(refresh_catalog)
+    # The intake allocates many short-lived objects per batch; full collections that walk
+    # every module, pint unit and SQLAlchemy construct loaded at start took a quarter of the
+    # service's CPU under load. What exists now lives as long as the process: freeze it out
+    # of the collector's walks, and collect the young generation less often.
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
     runtime.server.add_service(
         add_ingest_service,
-        IngestServicer(settings, runtime.store, runtime.js, intake, files, archiver),
+        IngestServicer(settings, runtime.store, runtime.js, intake, files, archive),
         SERVICE_NAME,
     )

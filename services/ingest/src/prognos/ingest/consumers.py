@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prognos.api.ingest.v1 import events_pb2
@@ -19,8 +18,8 @@ if TYPE_CHECKING:
 OUTCOME_SUBJECT = "scheduler.outcome.recorded"
 
 
-def subscriptions(on_label: Callable[[], None]) -> list[Subscription]:
-    """Outcome labels from the scheduler, recorded once each for the archive."""
+def subscriptions() -> list[Subscription]:
+    """Outcome labels from the scheduler, recorded once each; the archive writes them out."""
 
     async def on_outcome_label(
         uow: UnitOfWork, envelope: Envelope, event: events_pb2.OutcomeLabelRecorded
@@ -35,7 +34,6 @@ def subscriptions(on_label: Callable[[], None]) -> list[Subscription]:
             source=event.source or f"event:{envelope.id}",
             failure_mode=event.failure_mode,
         )
-        on_label()
 
     async def on_maintenance_outcome(
         uow: UnitOfWork, envelope: Envelope, event: scheduler_events.MaintenanceOutcomeRecorded
@@ -50,7 +48,6 @@ def subscriptions(on_label: Callable[[], None]) -> list[Subscription]:
             source=f"work-order:{event.work_order_id}",
             failure_mode=event.failure_mode,
         )
-        on_label()
 
     return [
         subscription(

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from prognos.core.config import Settings
     from prognos.core.store import EventStore
-    from prognos.ingest.archive import Archiver
+    from prognos.ingest.archive_process import ArchiveProcess
     from prognos.ingest.files import FileImporter
     from prognos.ingest.intake import Intake
 
@@ -175,7 +175,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         js: JetStreamContext,
         intake: Intake,
         files: FileImporter,
-        archiver: Archiver | None,
+        archiver: ArchiveProcess | None,
     ) -> None:
         self._settings = settings
         self._store = store

@@ -8,6 +8,7 @@ every other client, with a ``RunInfo`` naming the process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,9 +100,21 @@ class IngestProcess:
             answers, timeout=60, interval=0.2, retry_on=(AssertionError, Exception)
         )
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, nothing buffered is flushed."""
+    def children(self) -> list[int]:
+        """Process ids of the service's children (its archive process)."""
         assert self.process is not None
+        pid = self.process.pid
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the service and its archive process: nothing buffered is flushed."""
+        assert self.process is not None
+        for child in self.children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 

@@ -1,5 +1,7 @@
 """A fleet of 1,000 assets of 3 types streams through a real ingest process that is SIGKILLed.
 
+Its archive process is SIGKILLed with it, so neither flushes anything on the way out.
+
 The client keeps 16 batches in flight on each of 4 streams and resends every batch without
 a receipt, with the same batch id, once the service is back. The TELEMETRY stream is
 created beforehand with a duplicate window of half a second, so JetStream's own dedup has
@@ -210,6 +212,7 @@ async def test_a_fleet_streams_through_a_kill_and_every_reading_is_stored_once(
         async with open_channel(service.info, "ingest", role="gateway") as channel:
             runs = [asyncio.create_task(send(channel, c, progress)) for c in clients]
             await asyncio.wait_for(enough.wait(), 120)
+            assert service.children(), "the archive runs in a process of its own"
             service.kill()
             outcomes = await asyncio.gather(*runs)
         acknowledged_before = sum(len(c.receipts) for c in clients)

@@ -29,8 +29,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    delete,
-    func,
     or_,
     select,
     tuple_,
@@ -349,13 +347,6 @@ async def mark_labels_archived(conn: AsyncConnection, paths: dict[str, str]) -> 
         )
 
 
-async def count_labels(conn: AsyncConnection, asset_type: str) -> int:
-    value = await conn.scalar(
-        select(func.count()).select_from(labels).where(labels.c.asset_type == asset_type)
-    )
-    return int(value or 0)
-
-
 # --- the ledger of stored batches ------------------------------------------------------------
 
 
@@ -599,11 +590,3 @@ async def get_snapshot(
     )
     data = await conn.scalar(query)
     return None if data is None else _SNAPSHOT.validate_python(_json(data))
-
-
-async def prune_batches_before(conn: AsyncConnection, last_time_us: int) -> int:
-    """Forget ledger entries of batches older than ``last_time_us`` (retention)."""
-    result = await conn.execute(
-        delete(telemetry_batches).where(telemetry_batches.c.last_time_us < last_time_us)
-    )
-    return int(result.rowcount or 0)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -102,19 +102,22 @@ class _Prefixed(io.RawIOBase):
     """A file with a line put in front (a header for a file that has none)."""
 
     def __init__(self, first: bytes, rest: IO[bytes]) -> None:
-        self._first = first
+        self._first = memoryview(first)
         self._rest = rest
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
-        if self._first:
-            head, self._first = (
-                (self._first, b"") if size < 0 else (self._first[:size], self._first[size:])
-            )
-            return head
-        return self._rest.read(size)
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        if self._first.nbytes:
+            n = min(self._first.nbytes, target.nbytes)
+            target[:n] = self._first[:n]
+            self._first = self._first[n:]
+            return n
+        data = self._rest.read(target.nbytes)
+        target[: len(data)] = data
+        return len(data)
 
 
 class FileImporter:

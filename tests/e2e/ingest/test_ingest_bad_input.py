@@ -489,24 +489,96 @@ async def test_a_json_lines_upload_stores_good_lines_and_quarantines_bad_ones(
 async def test_telemetry_is_audited_in_bulk_per_stream_and_per_file(service: Any) -> None:
     from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 
-    async def audited() -> list[dict[str, Any]]:
+    asset_id = f"m-{len(CASES) + 4}"
+    start = _now() - 3_000 * S
+    batches = [good_batch(f"audit-{k}", asset_id, start + k * ROWS * S) for k in range(5)]
+    batches[3].channels[0].values_f64_le = np.full(ROWS, 9_999.0).tobytes()
+    receipts, error = await stream(service, batches)
+    assert error is None and len(receipts) == 5
+    csv = "time,temp\n" + "".join(f"{start // S + 100 + i},{20 + i}\n" for i in range(3))
+    header = ingest_pb2.TelemetryFileHeader(
+        file_name="audited.csv",
+        format=ingest_pb2.TELEMETRY_FILE_FORMAT_CSV,
+        asset_type="compressor",
+        has_header=True,
+        asset_id=f"m-{len(CASES) + 5}",
+        time_column="time",
+        time_kind=ingest_pb2.TIME_COLUMN_KIND_UNIX_SECONDS,
+        columns=[ingest_pb2.ColumnMapping(column="temp", channel="temp")],
+    )
+    async with open_channel(service.info, "ingest", role="gateway") as channel:
+        uploaded = await ingest_pb2_grpc.IngestServiceStub(channel).UploadTelemetryFile(
+            iter(
+                [
+                    ingest_pb2.UploadTelemetryFileRequest(header=header),
+                    ingest_pb2.UploadTelemetryFileRequest(chunk=csv.encode()),
+                ]
+            ),
+            timeout=60,
+        )
+
+    async def audited() -> None:
         async with open_channel(service.info, "ingest", role="auditor") as channel:
-            response = await audit_pb2_grpc.AuditServiceStub(channel).ListEntries(
-                audit_pb2.ListEntriesRequest(limit=1_000), timeout=10
-            )
-        streams = [
-            json.loads(e.details_json) for e in response.entries if e.action == "telemetry.received"
+            entries = []
+            after = 0
+            while True:
+                page = await audit_pb2_grpc.AuditServiceStub(channel).ListEntries(
+                    audit_pb2.ListEntriesRequest(after_seq=after, limit=1_000), timeout=10
+                )
+                entries.extend(page.entries)
+                if not page.more:
+                    break
+                after = page.entries[-1].seq
+        mine = [
+            json.loads(e.details_json)
+            for e in entries
+            if e.action == "telemetry.received"
+            and receipts[0].stream_sequence
+            <= json.loads(e.details_json)["first_stream_sequence"]
+            <= receipts[-1].stream_sequence
         ]
-        files = [e for e in response.entries if e.action == "telemetry.file_imported"]
-        assert files, "no file import audited"
-        # One entry per stream, not per batch: every case ran one stream of two batches.
-        assert len(CASES) <= len(streams) < 2 * len(CASES) + 10
-        rejected = [s for s in streams if s["outcome"].startswith("failed")]
-        assert len(rejected) >= sum(1 for c in CASES if c.field)
-        out_of_range = [
-            s for s in streams if "QUARANTINE_REASON_OUT_OF_RANGE" in s["quarantined_by_reason"]
+        # One entry for the stream's five batches, with its totals by reason.
+        assert len(mine) == 1, mine
+        (summary,) = mine
+        assert summary["outcome"] == "completed"
+        assert summary["batches"] == 5
+        assert summary["accepted_readings"] == 5 * 2 * ROWS - ROWS
+        assert summary["quarantined_by_reason"] == {"QUARANTINE_REASON_OUT_OF_RANGE": ROWS}
+        assert summary["last_stream_sequence"] == receipts[-1].stream_sequence
+        (imported,) = [
+            json.loads(e.details_json)
+            for e in entries
+            if e.action == "telemetry.file_imported"
+            and e.subject == f"telemetry/file/{uploaded.content_hash}"
         ]
-        assert out_of_range and out_of_range[0]["accepted_readings"] > 0
-        return streams
+        assert (imported["rows"], imported["accepted_readings"]) == (3, 3)
 
     await assert_eventually(audited, timeout=20)
+
+
+async def test_a_csv_without_a_header_is_read_by_column_number(service: Any) -> None:
+    start = _now() // S - 1_000
+    body = "".join(f"{start + i};{30 + i};{450}\n" for i in range(6))
+    header = ingest_pb2.TelemetryFileHeader(
+        file_name="no-header.csv",
+        format=ingest_pb2.TELEMETRY_FILE_FORMAT_CSV,
+        asset_type="compressor",
+        delimiter=";",
+        has_header=False,
+        asset_id=f"m-{len(CASES) + 3}",
+        time_column="1",
+        time_kind=ingest_pb2.TIME_COLUMN_KIND_UNIX_SECONDS,
+        columns=[
+            ingest_pb2.ColumnMapping(column="2", channel="temp"),
+            ingest_pb2.ColumnMapping(column="3", channel="pressure"),
+        ],
+    )
+    requests = [
+        ingest_pb2.UploadTelemetryFileRequest(header=header),
+        ingest_pb2.UploadTelemetryFileRequest(chunk=body.encode()),
+    ]
+    async with open_channel(service.info, "ingest", role="gateway") as channel:
+        response = await ingest_pb2_grpc.IngestServiceStub(channel).UploadTelemetryFile(
+            iter(requests), timeout=60
+        )
+    assert (response.row_count, response.accepted_count, response.quarantined_count) == (6, 12, 0)

@@ -25,7 +25,7 @@ from nats.js import api
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli.client import open_channel
-from prognos.cli.launcher import RunInfo, ServiceRecord
+from prognos.cli.launcher import RunInfo, ServiceRecord, run_file
 from prognos.core.natsserver import EmbeddedNats, free_port
 from prognos.core.testing.waiting import assert_eventually
 
@@ -73,6 +73,10 @@ class IngestProcess:
                 ),
             ),
         )
+
+    def write_run_file(self) -> None:
+        """Write ``run.json`` as `prognos up` would, so the CLI finds this process."""
+        self.info.write(run_file(self.data_dir))
 
     def spawn(self) -> None:
         """Start ``serve`` without waiting for it."""

@@ -1,4 +1,4 @@
-"""The ingest commands of the CLI against the four services that `prognos up` runs.
+"""The ingest commands of the CLI, as a user runs them, against a real ingest process.
 
 ``prognos import cmapss`` stores all 20,631 cycles of the 100 engines of FD001 and their
 100 failures, and a dataset snapshot of them reads back exactly the numbers of the file.
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,16 @@ from prognos.ingest.formats import cmapss_asset_type
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
+
+@pytest.fixture(scope="module")
+def running(ingest_module: tuple[Any, Any]) -> RunInfo:
+    """The module's ingest process, with the run file `prognos up` would write for it."""
+    _, process = ingest_module
+    process.write_run_file()
+    info: RunInfo = process.info
+    return info
+
+
 FD001 = (
     Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "cmapss" / "train_FD001.txt"
 )
@@ -37,7 +48,7 @@ ORIGIN_US = 1_577_836_800_000_000  # 2020-01-01T00:00:00Z, the importer's defaul
 
 
 async def prognos(*args: str, data_dir: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``prognos`` command line as a user would, against the fleet's data directory."""
+    """Run the ``prognos`` command line as a user would, against the running's data directory."""
     process = await asyncio.create_subprocess_exec(
         *PROGNOS,
         *args,
@@ -57,15 +68,15 @@ async def prognos(*args: str, data_dir: str) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.skipif(not FD001.is_file(), reason=f"C-MAPSS data not found at {FD001}")
 async def test_importing_cmapss_stores_every_cycle_and_failure_and_a_snapshot_reads_back_the_file(
-    fleet: RunInfo,
+    running: RunInfo,
 ) -> None:
     result = await prognos(
-        "import", "cmapss", str(FD001), "--plant", "fd001", data_dir=fleet.data_dir
+        "import", "cmapss", str(FD001), "--plant", "fd001", data_dir=running.data_dir
     )
     assert result.returncode == 0, result.stdout
     assert "20,631" in result.stdout and "495,144" in result.stdout, result.stdout
 
-    async with open_channel(fleet, "ingest", role="ml-engineer") as channel:
+    async with open_channel(running, "ingest", role="ml-engineer") as channel:
         snapshot = (
             await ingest_pb2_grpc.IngestServiceStub(channel).CreateDatasetSnapshot(
                 ingest_pb2.CreateDatasetSnapshotRequest(name="fd001", asset_type="turbofan"),
@@ -98,21 +109,21 @@ async def test_importing_cmapss_stores_every_cycle_and_failure_and_a_snapshot_re
     assert all(labels["failure_confirmed"].to_pylist())
 
     again = await prognos(
-        "import", "cmapss", str(FD001), "--plant", "fd001", data_dir=fleet.data_dir
+        "import", "cmapss", str(FD001), "--plant", "fd001", data_dir=running.data_dir
     )
     assert again.returncode == 0, again.stdout
     assert "readings stored before" in again.stdout and "495,144" in again.stdout, again.stdout
 
 
 async def test_ingest_uploads_a_mapped_csv_and_quarantine_lists_what_it_kept_out(
-    fleet: RunInfo, tmp_path: Path
+    running: RunInfo, tmp_path: Path
 ) -> None:
     pump = ingest_pb2.AssetType(name="cli-pump", display_name="Pump")
     for name, unit, low, high in (("bearing_temp", "degC", -40, 150), ("flow", "m^3/h", 0, 500)):
         channel = pump.channels.add(name=name, unit=unit, min_value=low, max_value=high)
         channel.expected_interval.FromSeconds(10)
     pump.horizon.duration.FromSeconds(48 * 3600)
-    async with open_channel(fleet, "ingest", role="ml-engineer") as channel:
+    async with open_channel(running, "ingest", role="ml-engineer") as channel:
         await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
             ingest_pb2.RegisterAssetTypeRequest(asset_type=pump), timeout=10
         )
@@ -138,13 +149,13 @@ async def test_ingest_uploads_a_mapped_csv_and_quarantine_lists_what_it_kept_out
         "plant-9/pump-7",
         "--register-in-plant",
         "plant-9",
-        data_dir=fleet.data_dir,
+        data_dir=running.data_dir,
     )
     assert result.returncode == 0, result.stdout
     assert "│ 97 " in result.stdout.replace("┃", "│"), result.stdout
 
     async def listed() -> str:
-        shown = await prognos("quarantine", "--asset", "plant-9/pump-7", data_dir=fleet.data_dir)
+        shown = await prognos("quarantine", "--asset", "plant-9/pump-7", data_dir=running.data_dir)
         assert shown.returncode == 0, shown.stdout
         assert "OUT_OF_RANGE" in shown.stdout and "MALFORMED" in shown.stdout, shown.stdout
         return shown.stdout

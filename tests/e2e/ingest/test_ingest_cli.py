@@ -48,7 +48,7 @@ ORIGIN_US = 1_577_836_800_000_000  # 2020-01-01T00:00:00Z, the importer's defaul
 
 
 async def prognos(*args: str, data_dir: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``prognos`` command line as a user would, against the running's data directory."""
+    """Run the ``prognos`` command line as a user would, against the service's data directory."""
     process = await asyncio.create_subprocess_exec(
         *PROGNOS,
         *args,

@@ -1,15 +1,21 @@
 """Telemetry intake throughput against JetStream's own limit, printed as JSON.
 
-Starts a nats-server and the ingest service (a real process: gRPC, validation, JetStream,
-the archive following along), then measures in one run:
+Starts a nats-server and the ingest service (real processes: gRPC, validation, JetStream,
+the archive following along in its child process), then measures, in rounds that
+alternate so that a busy machine weighs on both alike:
 
 - sensor values/s acknowledged through ``StreamTelemetry``: batches of 1,000 timestamps x
-  16 channels (raw little-endian float64), several concurrent streams, receipts counted;
+  16 channels (raw little-endian float64), 4 concurrent streams of 16 batches in flight;
 - raw JetStream publish throughput of the very payloads the service published (read back
   from the stream), with the same headers and the same number of messages in flight;
-- the ratio of the two in bytes/s;
+- their ratio in bytes/s, and the CPU milliseconds per batch that each process spent (the
+  service, its archive process, nats-server, this client), which shows what bounds it;
+- all of it twice: with the archive (the default deployment) and without (the archive left
+  to another replica);
 - CSV values/s: a CSV file of 16 channels uploaded through ``UploadTelemetryFile`` and
   acknowledged (parse, validate, publish), and the reader alone.
+
+The top-level numbers are the medians of the rounds with the archive.
 
 Run: ``make bench`` or ``.venv/bin/python tests/benchmarks/bench_ingest.py [--seconds S]``.
 """

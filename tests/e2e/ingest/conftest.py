@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 import pytest_asyncio
@@ -26,6 +27,7 @@ from nats.js import api
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo, ServiceRecord, run_file
+from prognos.core.errors import UnavailableError, from_grpc_error
 from prognos.core.natsserver import EmbeddedNats, free_port
 from prognos.core.testing.waiting import assert_eventually
 
@@ -138,6 +140,36 @@ class IngestProcess:
             return ""
 
 
+async def create_snapshot(
+    info: RunInfo, request: ingest_pb2.CreateDatasetSnapshotRequest, *, deadline_s: float = 180
+) -> ingest_pb2.DatasetSnapshot:
+    """``CreateDatasetSnapshot``, retried as its RetryInfo says while the archive catches up.
+
+    The archive runs at a lower CPU priority; on a busy machine the first answer may be
+    UNAVAILABLE (ARCHIVE_CATCHING_UP), which a client retries.
+    """
+
+    async def attempt() -> ingest_pb2.DatasetSnapshot:
+        async with open_channel(info, "ingest", role="ml-engineer") as channel:
+            try:
+                response = await ingest_pb2_grpc.IngestServiceStub(channel).CreateDatasetSnapshot(
+                    request, timeout=120
+                )
+            except grpc.aio.AioRpcError as error:
+                typed = from_grpc_error(error)
+                assert not (
+                    isinstance(typed, UnavailableError) and typed.reason == "ARCHIVE_CATCHING_UP"
+                ), typed.message
+                raise
+        snapshot: ingest_pb2.DatasetSnapshot = response.snapshot
+        return snapshot
+
+    result: ingest_pb2.DatasetSnapshot = await assert_eventually(
+        attempt, timeout=deadline_s, interval=1.0
+    )
+    return result
+
+
 async def read_stream(nats_url: str, stream: str) -> list[tuple[int, str, dict[str, str], bytes]]:
     """Every message of a stream as ``(sequence, subject, headers, data)``, in order."""
     nc = await nats.connect(nats_url)
@@ -217,6 +249,12 @@ def channel_type(name: str, channels: list[tuple[str, str, float, float]]) -> An
 def asset_type_of() -> Any:
     """``channel_type``: build an asset type message."""
     return channel_type
+
+
+@pytest.fixture
+def snapshot_of() -> Any:
+    """``create_snapshot``: freeze a snapshot, waiting for the archive to catch up."""
+    return create_snapshot
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ async def prognos(*args: str, data_dir: str) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.skipif(not FD001.is_file(), reason=f"C-MAPSS data not found at {FD001}")
 async def test_importing_cmapss_stores_every_cycle_and_failure_and_a_snapshot_reads_back_the_file(
-    running: RunInfo,
+    running: RunInfo, snapshot_of: Any
 ) -> None:
     result = await prognos(
         "import", "cmapss", str(FD001), "--plant", "fd001", data_dir=running.data_dir
@@ -76,13 +76,9 @@ async def test_importing_cmapss_stores_every_cycle_and_failure_and_a_snapshot_re
     assert result.returncode == 0, result.stdout
     assert "20,631" in result.stdout and "495,144" in result.stdout, result.stdout
 
-    async with open_channel(running, "ingest", role="ml-engineer") as channel:
-        snapshot = (
-            await ingest_pb2_grpc.IngestServiceStub(channel).CreateDatasetSnapshot(
-                ingest_pb2.CreateDatasetSnapshotRequest(name="fd001", asset_type="turbofan"),
-                timeout=120,
-            )
-        ).snapshot
+    snapshot = await snapshot_of(
+        running, ingest_pb2.CreateDatasetSnapshotRequest(name="fd001", asset_type="turbofan")
+    )
     table = read_snapshot(snapshot)
     labels = read_snapshot_labels(snapshot)
 

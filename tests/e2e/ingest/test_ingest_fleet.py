@@ -26,7 +26,6 @@ from nats.js import api
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli.client import open_channel
-from prognos.core.errors import UnavailableError, from_grpc_error
 from prognos.core.natsserver import EmbeddedNats
 from prognos.ingest.archive import read_snapshot
 
@@ -158,7 +157,11 @@ async def send(channel: grpc.aio.Channel, client: Client, progress: Any = None) 
 
 
 async def test_a_fleet_streams_through_a_kill_and_every_reading_is_stored_once(
-    make_ingest: Any, asset_type_of: Any, stream_reader: Any, tmp_path_factory: Any
+    make_ingest: Any,
+    asset_type_of: Any,
+    stream_reader: Any,
+    snapshot_of: Any,
+    tmp_path_factory: Any,
 ) -> None:
     with EmbeddedNats(tmp_path_factory.mktemp("nats")) as server:
         nc = await nats.connect(server.url)
@@ -257,34 +260,25 @@ async def test_a_fleet_streams_through_a_kill_and_every_reading_is_stored_once(
         # In the archive: each reading once, found through a snapshot per asset type.
         archive_sum = 0.0
         rows_per_asset: dict[str, int] = defaultdict(int)
-        async with open_channel(service.info, "ingest", role="ml-engineer") as channel:
-            stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            for name, channels in TYPES:
-                try:
-                    response = await stub.CreateDatasetSnapshot(
-                        ingest_pb2.CreateDatasetSnapshotRequest(
-                            name=f"fleet-{name}", asset_type=name
-                        ),
-                        timeout=120,
-                    )
-                except grpc.aio.AioRpcError as error:
-                    typed = from_grpc_error(error)
-                    assert not isinstance(typed, UnavailableError), service.tail()
-                    raise
-                table = read_snapshot(response.snapshot)
-                assert response.snapshot.row_count == table.num_rows
-                keys = list(
-                    zip(
-                        table["asset_id"].to_pylist(),
-                        table["time"].cast("int64").to_pylist(),
-                        strict=True,
-                    )
+        for name, channels in TYPES:
+            snapshot = await snapshot_of(
+                service.info,
+                ingest_pb2.CreateDatasetSnapshotRequest(name=f"fleet-{name}", asset_type=name),
+            )
+            table = read_snapshot(snapshot)
+            assert snapshot.row_count == table.num_rows
+            keys = list(
+                zip(
+                    table["asset_id"].to_pylist(),
+                    table["time"].cast("int64").to_pylist(),
+                    strict=True,
                 )
-                assert len(keys) == len(set(keys)), "a reading is archived twice"
-                for asset_id, count in Counter(table["asset_id"].to_pylist()).items():
-                    rows_per_asset[asset_id] += count
-                for channel_name, *_ in channels:
-                    archive_sum += float(np.nansum(table[channel_name].to_numpy()))
+            )
+            assert len(keys) == len(set(keys)), "a reading is archived twice"
+            for asset_id, count in Counter(table["asset_id"].to_pylist()).items():
+                rows_per_asset[asset_id] += count
+            for channel_name, *_ in channels:
+                archive_sum += float(np.nansum(table[channel_name].to_numpy()))
         assert rows_per_asset == dict.fromkeys(type_of, BATCHES * ROWS)
         assert archive_sum == pytest.approx(expected_sum, rel=1e-12)
         service.stop()

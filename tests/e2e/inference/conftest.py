@@ -68,10 +68,20 @@ sim = load_fleet()
 
 
 @pytest.fixture(scope="module")
-def model_dirs(request: pytest.FixtureRequest) -> list[Path]:
-    """Two small CNNs (seeds 1 and 2) exported for serving, trained once per cache key."""
-    cache = request.config.cache.mkdir("inference-models")
-    return list(sim.trained_models(cache, seeds=(1, 2)))
+def model_dirs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
+    """Two small CNNs (seeds 1 and 2) exported for serving, trained once per cache key.
+
+    They are kept in pytest's cache across runs; without the cache plugin, for this run.
+    """
+    cache = getattr(request.config, "cache", None)
+    folder = (
+        cache.mkdir("inference-models")
+        if cache is not None
+        else tmp_path_factory.mktemp("inference-models")
+    )
+    return list(sim.trained_models(folder, seeds=(1, 2)))
 
 
 @dataclass

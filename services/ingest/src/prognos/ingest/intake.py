@@ -28,9 +28,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import NotFoundError
+from sqlalchemy.exc import SQLAlchemyError
 
 from prognos.api.ingest.v1 import events_pb2, ingest_pb2
 from prognos.core.errors import UnavailableError
@@ -645,22 +647,32 @@ class Intake:
         if found is None:
             return await self._unknown_asset(raw)
         _, spec = found
-        if raw.asset_id in self._watermarks:
-            last_seen = self._watermarks[raw.asset_id]
-        else:
-            last_seen = await self._watermark(spec.name, raw.asset_id)
-        if last_seen is not None and int(raw.timestamps_us.min()) <= last_seen:
-            stored = await self._stored_before(spec.name, raw.asset_id, raw.batch_id)
-            if stored is not None:
-                return Pending(
-                    raw.batch_id,
-                    raw.asset_id,
-                    stored.accepted_count,
-                    stored.quarantined_count,
-                    {},
-                    [],
-                    duplicate_of=stored,
-                )
+        stored: adapters.StoredBatch | None = None
+        try:
+            if raw.asset_id in self._watermarks:
+                last_seen = self._watermarks[raw.asset_id]
+            else:
+                last_seen = await self._watermark(spec.name, raw.asset_id)
+            if last_seen is not None and int(raw.timestamps_us.min()) <= last_seen:
+                stored = await self._stored_before(spec.name, raw.asset_id, raw.batch_id)
+        except (NatsError, SQLAlchemyError, TimeoutError, ConnectionError) as e:
+            raise UnavailableError(
+                f"cannot tell whether batch {raw.batch_id!r} is stored already "
+                f"({type(e).__name__}); resend it",
+                retry_after_s=1.0,
+                reason="TELEMETRY_STORE_UNAVAILABLE",
+                metadata={"batch_id": raw.batch_id},
+            ) from e
+        if stored is not None:
+            return Pending(
+                raw.batch_id,
+                raw.asset_id,
+                stored.accepted_count,
+                stored.quarantined_count,
+                {},
+                [],
+                duplicate_of=stored,
+            )
         good, rejected = _screen(raw, spec)
         return await self.publish_checked(raw, spec, good, rejected, last_seen)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from prognos.cli.launcher import Launcher, RunInfo
+from prognos.cli.launcher import Launcher, LaunchError, RunInfo
 from prognos.core.config import Settings
 
 
@@ -24,6 +24,13 @@ async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunIn
         # Export spans quickly so a test can read a trace moments after making it.
         patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
         data_dir = tmp_path_factory.mktemp("fleet") / "data"
-        async with Launcher(Settings.load("launcher", data_dir=data_dir)) as launcher:
+        try:
+            launcher = await Launcher(Settings.load("launcher", data_dir=data_dir)).__aenter__()
+        except LaunchError as error:
+            # Show what the failing process said, not only that it failed.
+            pytest.fail(f"{error}\n{error.detail}")
+        try:
             assert launcher.info is not None
             yield launcher.info
+        finally:
+            await launcher.stop()

@@ -199,6 +199,18 @@ def is_postgres(engine_or_conn: AsyncEngine | AsyncConnection) -> bool:
     return engine_or_conn.dialect.name == "postgresql"
 
 
+def upsert_insert(conn: AsyncConnection, table: Table) -> Any:
+    """An INSERT on ``table`` that supports ``on_conflict_do_update`` on either database.
+
+    Read models are upserted the same way on SQLite and PostgreSQL; this picks the dialect's
+    insert construct so services need not.
+    """
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (pg_insert if is_postgres(conn) else sqlite_insert)(table)
+
+
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     """The async engine of a service's database, configured for the event store.
 

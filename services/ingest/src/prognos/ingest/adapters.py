@@ -8,6 +8,7 @@ positions of its own stream followers.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,11 +35,9 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from prognos.core.events import DomainEvent, encode
-from prognos.core.store import new_metadata, utcnow
+from prognos.core.store import new_metadata, upsert_insert, utcnow
 from prognos.ingest.domain import (
     AssetRegistered,
     AssetSpec,
@@ -182,7 +181,7 @@ def snapshot_stream(name: str) -> str:
 
 
 def _upsert(conn: AsyncConnection) -> Any:
-    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return functools.partial(upsert_insert, conn)
 
 
 def _json(value: Any) -> Any:

@@ -25,10 +25,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from prognos.core.store import new_metadata, utcnow
+from prognos.core.store import new_metadata, upsert_insert, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -111,7 +109,7 @@ retrain_schedule = Table(
 
 
 def _upsert(conn: AsyncConnection, table: Table) -> Any:
-    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    return upsert_insert(conn, table)
 
 
 def _aware(value: datetime) -> datetime:

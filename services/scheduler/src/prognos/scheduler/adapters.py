@@ -42,11 +42,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from prognos.core.events import DomainEvent, decode
-from prognos.core.store import events_table, new_metadata
+from prognos.core.store import events_table, new_metadata, upsert_insert
 from prognos.scheduler.domain import (
     AssetData,
     CrewData,
@@ -963,6 +961,5 @@ async def _upsert(
     conn: AsyncConnection, table: Table, key: dict[str, Any], values: dict[str, Any]
 ) -> None:
     """Insert the row with ``key``, or update it: one statement on SQLite and PostgreSQL."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = dialect_insert(table).values(**key, **values)
+    statement = upsert_insert(conn, table).values(**key, **values)
     await conn.execute(statement.on_conflict_do_update(index_elements=list(key), set_=values))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prognos.api.common.v1 import audit_pb2_grpc
-from prognos.core import anchoring, auth, bus, migrate, telemetry, tls
+from prognos.core import anchoring, auth, bus, telemetry, tls
 from prognos.core.audit_api import AUDIT_SERVICE, AuditServicer
 from prognos.core.config import Settings
 from prognos.core.server import GrpcServer
@@ -223,6 +223,9 @@ def main(
     settings = Settings.load(service)
     telemetry.configure_logging(settings)
     if args.command == "migrate":
+        # Alembic is needed only here; serving processes start without importing it.
+        from prognos.core import migrate
+
         migrate.upgrade(settings, migrations)
         return
     asyncio.run(

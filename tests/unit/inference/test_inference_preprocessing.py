@@ -91,3 +91,36 @@ def test_an_unknown_format_is_refused(fitted: tuple[Preprocessing, ServingPrepro
     broken = {k: v for k, v in fitted[0].to_dict().items() if k != "means"}
     with pytest.raises(PreprocessingFormatError, match="means"):
         ServingPreprocessing.from_json(broken)
+
+
+def test_each_row_takes_the_nearest_regime_ignoring_missing_settings() -> None:
+    document = {
+        "format_version": 1,
+        "window": 4,
+        "rul_clip": 125.0,
+        "horizon_cycles": 30.0,
+        "setting_columns": ["setting_1", "setting_2", "setting_3"],
+        "setting_decimals": [0, 2, 0],
+        "regime_centroids": [[0.0, 0.0, 100.0], [20.0, 0.7, 100.0], [42.0, 0.84, 60.0]],
+        "features": ["s2"],
+        "means": [[1.0], [2.0], [3.0]],
+        "stds": [[1.0], [1.0], [1.0]],
+    }
+    serving = ServingPreprocessing.from_json(document)
+    rng = np.random.default_rng(5)
+    settings = serving.regime_centroids[rng.integers(0, 3, (6, 40))] + rng.normal(
+        0, [3.0, 0.03, 5.0], (6, 40, 3)
+    )
+    settings[0, :5, 1] = np.nan  # a missing setting does not count
+    settings[1, 0, :] = np.nan  # nothing to go by: the first regime
+
+    steps = serving.setting_steps
+    gaps = (settings[..., None, :] - serving.regime_centroids) / steps
+    expected = np.argmin(np.nansum(gaps * gaps, axis=-1), axis=-1)
+
+    assert serving.regimes(settings).tolist() == expected.tolist()
+    assert serving.regimes(settings)[1, 0] == 0
+    complete = np.nan_to_num(settings, nan=0.0)
+    gaps = (complete[..., None, :] - serving.regime_centroids) / steps
+    assert serving.regimes(complete).tolist() == np.argmin((gaps * gaps).sum(-1), -1).tolist()
+    assert len(set(serving.regimes(complete).ravel().tolist())) == 3

@@ -397,7 +397,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
             for asset_id in missing:
                 failed[asset_id] = _error(asset_id, _no_readings(asset_id))
-            held = [a for a in ids if a not in set(missing)]
+            absent = set(missing)
+            held = [a for a in ids if a not in absent]
             if not held:
                 continue
             assets = [self._directory.info(a, asset_type) for a in held]

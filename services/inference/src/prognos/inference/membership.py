@@ -107,7 +107,10 @@ class Membership:
 
     def owner(self, key: str) -> str | None:
         """The member that owns ``key`` in the current view."""
-        return owner(self.view, key)
+        view = self.view
+        if len(view) == 1:  # alone: no need to hash
+            return view[0]
+        return owner(view, key)
 
     def address_of(self, replica_id: str) -> str:
         """The gRPC address a member announced ("" when unknown)."""

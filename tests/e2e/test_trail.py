@@ -279,7 +279,7 @@ async def test_a_work_order_from_real_telemetry_has_its_whole_trail_verified(
 
     trail, report = await assert_eventually(with_telemetry, timeout=150, interval=2)
 
-    assert trail["verified"] is True
+    assert trail["verified"] is True and trail["complete"] is True and not trail["missing"]
     assert set(trail["chains"]) == {"ingest", "inference", "registry", "scheduler"}
     assert all(c["ok"] and c["entries"] > 0 for c in trail["chains"].values())
     steps = trail["steps"]

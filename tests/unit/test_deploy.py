@@ -54,3 +54,13 @@ def test_the_migrations_run_before_their_service() -> None:
         condition = services[service]["depends_on"][f"migrate-{service}"]["condition"]
         assert condition == "service_completed_successfully"
         assert services[f"migrate-{service}"]["command"] == ["migrate"]
+
+
+def test_every_service_is_told_where_the_others_are() -> None:
+    services = _compose()["services"]
+    for service in SERVICES:
+        environment = services[service]["environment"]
+        for peer in SERVICES:
+            host, _, port = environment[f"PROGNOS_{peer.upper()}_ADDRESS"].partition(":")
+            assert host in services and services[host]["build"]["args"]["SERVICE"] == peer
+            assert port == environment["PROGNOS_GRPC_PORT"]

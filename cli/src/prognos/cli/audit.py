@@ -427,15 +427,23 @@ def trail(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
-    """Everything that led to a work order and followed it; exit 1 if a chain does not verify."""
+    """Everything that led to a work order and followed it, in one call to the scheduler.
+
+    Exit 1 if a chain does not verify or a service gave no part, 2 for an unknown work order.
+    """
     from prognos.cli.trail import collect_trail, render_html, render_trail
 
     console = Console()
     info = _run_info(console, data_dir)
-    found = asyncio.run(collect_trail(info, work_order))
-    if not found.of("scheduler"):
-        Console(stderr=True).print(Text(f"error: no work order {work_order}", "red"))
-        raise typer.Exit(2)
+    try:
+        found = asyncio.run(collect_trail(info, work_order))
+    except grpc.aio.AioRpcError as error:
+        errors = Console(stderr=True)
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            errors.print(Text(f"error: no work order {work_order}", "red"), highlight=False)
+            raise typer.Exit(2) from None
+        errors.print(Text(f"error: {error.code().name}: {error.details()}", "red"), highlight=False)
+        raise typer.Exit(1) from None
     if html_file is not None:
         html_file.write_text(render_html(found))
     if as_json:

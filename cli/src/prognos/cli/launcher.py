@@ -225,6 +225,13 @@ async def _version(channel: grpc.aio.Channel, timeout_s: float) -> str | None:
     return str(reply.version) or None
 
 
+def _dialable(host: str, port: int) -> str:
+    """``host:port`` that another process can connect to (a wildcard bind means loopback)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def _log_tail(path: Path, lines: int = 30, start: int = 0) -> str:
     try:
         with path.open("rb") as fh:
@@ -248,7 +255,8 @@ class Launcher:
 
     Every child runs in its own process group with the launcher's environment plus
     ``PROGNOS_DATA_DIR``, ``PROGNOS_NATS_URL``, ``PROGNOS_SERVICE`` and every service's
-    ``PROGNOS_<SVC>_GRPC_HOST`` / ``_GRPC_PORT``, writing to ``<data_dir>/logs/<svc>.log``.
+    ``PROGNOS_<SVC>_GRPC_HOST`` / ``_GRPC_PORT`` / ``_ADDRESS``, writing to
+    ``<data_dir>/logs/<svc>.log``.
     A port configured for a service is used; otherwise a free one is picked.
 
     Unless TLS or a token key is configured (production files), the launcher creates the
@@ -470,6 +478,7 @@ class Launcher:
         for name, (host, port) in addresses.items():
             env[f"PROGNOS_{name.upper()}_GRPC_HOST"] = host
             env[f"PROGNOS_{name.upper()}_GRPC_PORT"] = str(port)
+            env[f"PROGNOS_{name.upper()}_ADDRESS"] = _dialable(host, port)
         return env
 
     def _spawn(

@@ -1,13 +1,11 @@
 """``prognos audit trail``: everything that led to a work order and followed it, from every chain.
 
-Each service answers ``AuditService.GetTrail`` for its own part. The trail is put together
-here, following what each part names: the scheduler's part (the work order's transitions and
-ERP replies) names the prediction, its input window and the model version; inference's part
-is the prediction's alert when it raised one; the registry's part is that model version's
-lineage (training run, dataset snapshot, metrics, registration, approval, promotion); ingest's
-part is the telemetry batches of the input window with their receipts, the asset and the
-dataset snapshot. Every call is made with the auditor's own token, and every part says
-whether its service's whole chain verifies.
+One call: the scheduler, which owns work orders, answers ``AuditService.GetTrail`` with
+``whole`` set by asking every other service for its part on the auditor's behalf (with the
+auditor's token) and following what each part names: the prediction, its input window and
+model version, that model version's lineage, the telemetry batches of the input window with
+their receipts. Every part says whether its service's whole chain verifies; a service that
+did not answer is named with the reason. This module only renders the answer.
 """
 
 from __future__ import annotations
@@ -28,11 +26,17 @@ from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo
 
-__all__ = ["Trail", "TrailStep", "collect_trail", "render_html", "render_trail"]
+__all__ = [
+    "Trail",
+    "TrailStep",
+    "collect_trail",
+    "render_html",
+    "render_trail",
+    "trail_from_proto",
+]
 
 _ROLE = "auditor"
-_TIMEOUT_S = 60.0
-_ORDER = ("scheduler", "inference", "registry", "ingest")
+_TIMEOUT_S = 120.0
 _STAGES = {
     "ingest": "telemetry",
     "inference": "prediction",
@@ -82,11 +86,18 @@ class Trail:
     window: tuple[str, str] | None = None
     people: dict[str, str | None] = field(default_factory=dict)
     """Names of the people the steps name by ``person/<id>``; ``None`` once erased."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Services that gave no part, and why."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every service gave its part."""
+        return not self.missing
 
     @property
     def verified(self) -> bool:
-        """Whether every chain asked verifies."""
-        return bool(self.chains) and all(c["ok"] for c in self.chains.values())
+        """Whether every service answered and every chain verifies."""
+        return self.complete and bool(self.chains) and all(c["ok"] for c in self.chains.values())
 
     def of(self, service: str) -> list[TrailStep]:
         """The steps one service recorded."""
@@ -99,6 +110,8 @@ class Trail:
             "asset_id": self.asset_id,
             "input_window": list(self.window) if self.window else None,
             "verified": self.verified,
+            "complete": self.complete,
+            "missing": self.missing,
             "chains": self.chains,
             "people": self.people,
             "steps": [s.to_dict() for s in self.steps],
@@ -123,80 +136,20 @@ def _step(message: audit_pb2.TrailStep) -> TrailStep:
     )
 
 
-async def _ask(info: RunInfo, service: str, request: audit_pb2.GetTrailRequest) -> Any:
-    async with open_channel(info, service, role=_ROLE) as channel:
-        return await audit_pb2_grpc.AuditServiceStub(channel).GetTrail(request, timeout=_TIMEOUT_S)
-
-
-def _kind(references: Any, kind: str) -> list[str]:
-    return sorted(r for r in references if r.startswith(kind + "/"))
-
-
-async def collect_trail(info: RunInfo, work_order_id: str) -> Trail:
-    """Ask every service for its part of a work order's trail and put the parts together.
-
-    Args:
-        info: What `prognos up` started.
-        work_order_id: The work order.
-
-    Returns:
-        The trail, steps in time order (empty when no service knows the work order).
-    """
-    trail = Trail(work_order_id)
-    parts: dict[str, Any] = {}
-
-    scheduler = await _ask(
-        info, "scheduler", audit_pb2.GetTrailRequest(work_order_id=work_order_id)
-    )
-    parts["scheduler"] = scheduler
-    found = set(scheduler.references)
-    trail.asset_id = scheduler.asset_id
-
-    inference = await _ask(
-        info,
-        "inference",
-        audit_pb2.GetTrailRequest(
-            work_order_id=work_order_id, references=_kind(found, "prediction")
-        ),
-    )
-    parts["inference"] = inference
-    found |= set(inference.references)
-    trail.asset_id = trail.asset_id or inference.asset_id
-
-    registry = await _ask(
-        info,
-        "registry",
-        audit_pb2.GetTrailRequest(
-            work_order_id=work_order_id, references=_kind(found, "model_version")
-        ),
-    )
-    parts["registry"] = registry
-    found |= set(registry.references)
-
-    request = audit_pb2.GetTrailRequest(
-        work_order_id=work_order_id,
-        references=_kind(found, "dataset_snapshot")
-        + ([f"asset/{trail.asset_id}"] if trail.asset_id else []),
-        asset_id=trail.asset_id,
-    )
-    # The input window: from the prediction as inference audited it, else as the scheduler
-    # recorded it; without either, the asset's batches up to the work order's first step.
-    windowed = next((p for p in (inference, scheduler) if p.HasField("window_end")), None)
-    if windowed is not None:
-        request.window_start.CopyFrom(windowed.window_start)
-        request.window_end.CopyFrom(windowed.window_end)
+def trail_from_proto(reply: audit_pb2.GetTrailResponse, work_order_id: str) -> Trail:
+    """The trail a whole ``GetTrail`` answer describes."""
+    trail = Trail(work_order_id, asset_id=reply.asset_id)
+    if reply.HasField("window_end"):
         trail.window = (
-            _time(windowed.window_start).isoformat(),
-            _time(windowed.window_end).isoformat(),
+            _time(reply.window_start).isoformat(),
+            _time(reply.window_end).isoformat(),
         )
-    elif scheduler.steps:
-        request.window_end.CopyFrom(scheduler.steps[0].at)
-    parts["ingest"] = await _ask(info, "ingest", request)
-
-    for service in _ORDER:
-        part = parts[service]
+    for part in reply.parts:
+        if not part.answered:
+            trail.missing[part.service] = part.error
+            continue
         chain = part.chain
-        trail.chains[service] = {
+        trail.chains[part.service] = {
             "ok": chain.ok,
             "entries": chain.entries,
             "head_seq": chain.head.seq,
@@ -205,11 +158,30 @@ async def collect_trail(info: RunInfo, work_order_id: str) -> Trail:
             "broken_entry_id": chain.broken_entry_id or None,
             "problem": chain.problem or None,
         }
-        trail.steps.extend(_step(s) for s in part.steps)
-        for person in part.people:
-            trail.people[person.ref] = None if person.erased else person.name
-    trail.steps.sort(key=lambda s: (s.at, _ORDER.index(s.service), s.audit_seq))
+    trail.steps = [_step(s) for s in reply.steps]
+    for person in reply.people:
+        trail.people[person.ref] = None if person.erased else person.name
     return trail
+
+
+async def collect_trail(info: RunInfo, work_order_id: str) -> Trail:
+    """Ask the scheduler for a work order's whole trail (one call).
+
+    Args:
+        info: What `prognos up` started.
+        work_order_id: The work order.
+
+    Returns:
+        The trail, steps in time order.
+
+    Raises:
+        grpc.aio.AioRpcError: NOT_FOUND for an unknown work order; the scheduler's status
+            when it cannot answer at all.
+    """
+    request = audit_pb2.GetTrailRequest(work_order_id=work_order_id, whole=True)
+    async with open_channel(info, "scheduler", role=_ROLE) as channel:
+        reply = await audit_pb2_grpc.AuditServiceStub(channel).GetTrail(request, timeout=_TIMEOUT_S)
+    return trail_from_proto(reply, work_order_id)
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -266,6 +238,8 @@ def render_trail(trail: Trail) -> Group:
         else:
             result = Text(f"BROKEN at entry {chain['broken_seq']}: {chain['problem']}", "bold red")
         verdict.add_row(service, str(len(trail.of(service))), str(chain["entries"]), result)
+    for service, error in trail.missing.items():
+        verdict.add_row(service, "-", "-", Text(f"NO ANSWER: {error}", "bold red"))
     tree = Tree(
         Text(
             f"work order {trail.work_order_id} — asset {trail.asset_id or '?'}"
@@ -285,11 +259,15 @@ def render_trail(trail: Trail) -> Group:
         line = _detail_line(trail, step)
         if line:
             node.add(Text(line, "dim"))
-    overall = (
-        Text("every chain involved verifies", "bold green")
-        if trail.verified
-        else Text("a chain involved does NOT verify", "bold red")
-    )
+    if trail.verified:
+        overall = Text("every chain involved verifies", "bold green")
+    elif not trail.complete:
+        overall = Text(
+            f"INCOMPLETE: no part from {', '.join(trail.missing)}; their chains are unchecked",
+            "bold red",
+        )
+    else:
+        overall = Text("a chain involved does NOT verify", "bold red")
     return Group(verdict, tree, overall)
 
 
@@ -297,6 +275,14 @@ def _chain_words(chain: dict[str, Any]) -> str:
     if chain["ok"]:
         return "verified"
     return f"BROKEN at entry {chain['broken_seq']}: {chain['problem']}"
+
+
+def _verdict_words(trail: Trail) -> str:
+    if trail.verified:
+        return "Every chain involved verifies."
+    if not trail.complete:
+        return f"INCOMPLETE: no part from {', '.join(trail.missing)}."
+    return "A chain does NOT verify."
 
 
 def render_html(trail: Trail) -> str:
@@ -317,6 +303,9 @@ def render_html(trail: Trail) -> str:
     chains = "".join(
         f"<li>{html.escape(name)}: {html.escape(_chain_words(c))} ({c['entries']} entries)</li>"
         for name, c in trail.chains.items()
+    ) + "".join(
+        f"<li>{html.escape(name)}: NO ANSWER: {html.escape(error)}</li>"
+        for name, error in trail.missing.items()
     )
     title = html.escape(f"Trail of work order {trail.work_order_id}")
     head = "".join(
@@ -328,6 +317,6 @@ def render_html(trail: Trail) -> str:
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px;"
         "font-size:13px}table{border-collapse:collapse}</style></head><body>"
         f"<h1>{title}</h1><p>Asset {html.escape(trail.asset_id or '?')}. "
-        f"{'Every chain involved verifies.' if trail.verified else 'A chain does NOT verify.'}"
+        f"{_verdict_words(trail)}"
         f"</p><ul>{chains}</ul><table><tr>{head}</tr>{''.join(rows)}</table></body></html>\n"
     )

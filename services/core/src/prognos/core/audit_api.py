@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 from prognos.core import audit, people, trail
@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from prognos.core.store import EventStore
     from prognos.core.trail import TrailSource
 
-__all__ = ["AUDIT_SERVICE", "MAX_PAGE", "AuditServicer", "entry_from_proto", "entry_to_proto"]
+__all__ = [
+    "AUDIT_SERVICE",
+    "MAX_PAGE",
+    "AuditServicer",
+    "TrailGatherer",
+    "entry_from_proto",
+    "entry_to_proto",
+]
 
 AUDIT_SERVICE: str = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 """``prognos.api.common.v1.AuditService``."""
@@ -63,6 +70,19 @@ def entry_from_proto(message: audit_pb2.AuditEntry) -> audit.AuditEntry:
     )
 
 
+class TrailGatherer(Protocol):
+    """Puts a whole trail together from this service's part and the other services' parts."""
+
+    async def __call__(
+        self,
+        request: audit_pb2.GetTrailRequest,
+        own: audit_pb2.GetTrailResponse,
+        context: grpc.aio.ServicerContext,
+    ) -> audit_pb2.GetTrailResponse:
+        """The whole trail ``request`` asks for, given this service's part ``own``."""
+        ...
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """Serves the chain of one service's database.
 
@@ -71,6 +91,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         anchor: Signs checkpoints; without one, ``CreateCheckpoint`` fails.
         trail_sources: Add the service's own steps to ``GetTrail`` (the list may grow
             after construction, while the service builds).
+        gatherer: Answers ``GetTrail`` for a whole trail (the scheduler's, set while it
+            builds); without one, such a request is FAILED_PRECONDITION.
     """
 
     def __init__(
@@ -78,10 +100,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         store: EventStore,
         anchor: ChainAnchor | None = None,
         trail_sources: list[TrailSource] | None = None,
+        gatherer: TrailGatherer | None = None,
     ) -> None:
         self._store = store
         self._anchor = anchor
         self.trail_sources: list[TrailSource] = trail_sources if trail_sources is not None else []
+        self.gatherer = gatherer
 
     async def VerifyChain(
         self, request: audit_pb2.VerifyChainRequest, context: grpc.aio.ServicerContext
@@ -125,6 +149,28 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def GetTrail(
         self, request: audit_pb2.GetTrailRequest, context: grpc.aio.ServicerContext
     ) -> audit_pb2.GetTrailResponse:
+        """This service's part of a work order's trail, or with ``whole`` the whole trail."""
+        if not request.whole:
+            return await self.part(request)
+        if self.gatherer is None:
+            raise FailedPreconditionError(
+                [
+                    (
+                        "WHOLE_TRAIL",
+                        f"audit/{self._store.service}",
+                        "only the scheduler, which owns work orders, gathers whole trails",
+                    )
+                ],
+                reason="NOT_A_TRAIL_GATHERER",
+            )
+        if not request.work_order_id.strip():
+            raise InvalidArgumentError([("work_order_id", "required for a whole trail")])
+        own = audit_pb2.GetTrailRequest()
+        own.CopyFrom(request)
+        own.whole = False
+        return await self.gatherer(request, await self.part(own), context)
+
+    async def part(self, request: audit_pb2.GetTrailRequest) -> audit_pb2.GetTrailResponse:
         """This service's part of a work order's trail, and whether its chain verifies."""
         query = trail.TrailQuery.from_proto(request)
         async with self._store.reader() as conn:

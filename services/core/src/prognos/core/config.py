@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     consumer_batch_size: int = 100
     consumer_max_deliver: int = 10
     request_timeout_s: float = 10.0
+    # Where each service is reached by the others (host:port), e.g. the scheduler asking
+    # every service for its part of a work order's trail. `prognos up` sets them.
+    ingest_address: str | None = Field(default=None, description="host:port of ingest")
+    registry_address: str | None = Field(default=None, description="host:port of the registry")
+    inference_address: str | None = Field(
+        default=None, description="host:port of inference (any replica)"
+    )
+    scheduler_address: str | None = Field(default=None, description="host:port of the scheduler")
     # Access control. No token key means every caller may call every RPC (a WARNING says
     # so at start-up); `prognos up` creates development keys and certificates and sets these.
     auth_public_key_file: Path | None = Field(
@@ -237,6 +245,13 @@ class Settings(BaseSettings):
     def effective_archive_dir(self) -> Path:
         """Where the telemetry archive's Parquet files live."""
         return self.archive_dir or self.data_dir / "archive"
+
+    def address_of(self, service: str) -> str | None:
+        """Where ``service`` is reached (``<service>_address``); ``None`` when not configured."""
+        if service not in SERVICES:
+            raise ValueError(f"no such service: {service!r}")
+        address: str | None = getattr(self, f"{service}_address")
+        return address or None
 
     @property
     def tls_enabled(self) -> bool:

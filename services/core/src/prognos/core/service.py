@@ -53,6 +53,8 @@ class Runtime:
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     trail_sources: list[TrailSource] = field(default_factory=list)
     """The service's own steps of a work order's trail (``AuditService.GetTrail``)."""
+    audit: AuditServicer | None = None
+    """The service's ``AuditService`` (a ``build`` may give it a whole-trail gatherer)."""
 
     def subscribe(self, sub: bus.Subscription) -> bus.Consumer:
         """Add a durable consumer; it starts with the service and stops before gRPC drains."""
@@ -136,13 +138,20 @@ async def serve(
             options=server_options,
         )
         trail_sources: list[TrailSource] = []
+        audit_servicer = AuditServicer(store, anchor, trail_sources)
         server.add_service(
-            audit_pb2_grpc.add_AuditServiceServicer_to_server,
-            AuditServicer(store, anchor, trail_sources),
-            AUDIT_SERVICE,
+            audit_pb2_grpc.add_AuditServiceServicer_to_server, audit_servicer, AUDIT_SERVICE
         )
         runtime = Runtime(
-            settings, store, nc, js, server, relay, anchor, trail_sources=trail_sources
+            settings,
+            store,
+            nc,
+            js,
+            server,
+            relay,
+            anchor,
+            trail_sources=trail_sources,
+            audit=audit_servicer,
         )
         runtime.background.append(anchor.run)
         await build(runtime)

@@ -14,6 +14,7 @@ from prognos.scheduler.feed import ChangeNotifier
 from prognos.scheduler.grpc_api import SERVICE_NAME, SchedulerServicer
 from prognos.scheduler.planning import PlanningInputError
 from prognos.scheduler.scheduling import Clock, Planner, utc_now
+from prognos.scheduler.trail import TrailGatherer
 from prognos.scheduler.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
@@ -81,6 +82,11 @@ async def build(runtime: Runtime, *, clock: Clock = utc_now) -> None:
             await handlers.audit_decisions(uow)
 
     runtime.server.on_shutdown(stop_background)
+    if runtime.audit is not None:
+        # The scheduler owns work orders, so it answers for their whole trails.
+        gatherer = TrailGatherer(settings)
+        runtime.audit.gatherer = gatherer
+        runtime.server.on_closed(gatherer.close)
     runtime.background.append(planner.run)
     runtime.background.append(deliverer.run)
     runtime.background.append(

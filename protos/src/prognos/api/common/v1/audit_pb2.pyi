@@ -328,11 +328,17 @@ class GetTrailRequest(_message.Message):
     ASSET_ID_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    WHOLE_FIELD_NUMBER: _builtins.int
     work_order_id: _builtins.str
     """The work order (its id at the scheduler); every service matches "work_order/<id>"."""
     asset_id: _builtins.str
     """The asset whose telemetry fed the prediction; with the window, the telemetry batches
     that overlap it (ingest).
+    """
+    whole: _builtins.bool
+    """Ask for the whole trail of `work_order_id`, gathered from every service, instead of
+    this service's part. Only the scheduler gathers trails; other services answer
+    FAILED_PRECONDITION.
     """
     @_builtins.property
     def references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -357,10 +363,11 @@ class GetTrailRequest(_message.Message):
         asset_id: _builtins.str = ...,
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
+        whole: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "references", b"references", "window_end", b"window_end", "window_start", b"window_start", "work_order_id", b"work_order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "references", b"references", "whole", b"whole", "window_end", b"window_end", "window_start", b"window_start", "work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +445,7 @@ class GetTrailResponse(_message.Message):
     WINDOW_END_FIELD_NUMBER: _builtins.int
     CHAIN_FIELD_NUMBER: _builtins.int
     PEOPLE_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service answering."""
     asset_id: _builtins.str
@@ -468,6 +476,13 @@ class GetTrailResponse(_message.Message):
         unless erased.
         """
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrailPart]:
+        """For a whole trail (`whole` in the request): one entry per service asked, in the order
+        asked, saying whether it answered and whether its chain verifies. `steps`,
+        `references` and `people` then hold those of every part, `chain` the scheduler's own.
+        """
+
     def __init__(
         self,
         *,
@@ -479,14 +494,57 @@ class GetTrailResponse(_message.Message):
         window_end: _timestamp_pb2.Timestamp | None = ...,
         chain: Global___VerifyChainResponse | None = ...,
         people: _abc.Iterable[Global___Person] | None = ...,
+        parts: _abc.Iterable[Global___TrailPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "chain", b"chain", "people", b"people", "references", b"references", "service", b"service", "steps", b"steps", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "chain", b"chain", "parts", b"parts", "people", b"people", "references", b"references", "service", b"service", "steps", b"steps", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTrailResponse: _TypeAlias = GetTrailResponse  # noqa: Y015
+
+@_typing.final
+class TrailPart(_message.Message):
+    """TrailPart says how one service's part of a whole trail was gathered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service asked: "scheduler", "inference", "registry" or "ingest"."""
+    answered: _builtins.bool
+    """Whether it answered; when not, its steps are missing from the trail."""
+    error: _builtins.str
+    """Why it did not answer, e.g. "UNAVAILABLE: failed to connect to all addresses", or
+    "NOT_CONFIGURED: no address of ingest (PROGNOS_INGEST_ADDRESS)"; empty when it did.
+    """
+    steps: _builtins.int
+    """How many steps of the trail it gave."""
+    @_builtins.property
+    def chain(self) -> Global___VerifyChainResponse:
+        """Whether its whole chain verifies, and where it first breaks if not (when it answered)."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        answered: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        chain: Global___VerifyChainResponse | None = ...,
+        steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "chain", b"chain", "error", b"error", "service", b"service", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrailPart: _TypeAlias = TrailPart  # noqa: Y015
 
 @_typing.final
 class Person(_message.Message):

@@ -51,8 +51,14 @@ class AuditServiceStub:
     concern the work order or the things it names (prediction, model version, training run,
     dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
     where the service holds them, the references it found for the other services to follow,
-    and whether its chain verifies. `prognos audit trail` asks every service in turn and
-    puts the parts together in time order.
+    and whether its chain verifies.
+
+    With `whole` set, the scheduler (which owns work orders) returns the whole trail: it
+    asks every other service for its part on the caller's behalf (with the caller's token),
+    follows the references each part names, and returns every step in time order with each
+    service's verdict in `parts`. A service that does not answer leaves its part missing,
+    named in `parts` with the reason; an unknown work order is NOT_FOUND. `prognos audit
+    trail` makes this one call.
     """
     ErasePerson: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ErasePersonRequest, _audit_pb2.ErasePersonResponse]
     """ErasePerson erases a person's name from this service's people table, where audit
@@ -84,8 +90,14 @@ class AuditServiceAsyncStub(AuditServiceStub):
     concern the work order or the things it names (prediction, model version, training run,
     dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
     where the service holds them, the references it found for the other services to follow,
-    and whether its chain verifies. `prognos audit trail` asks every service in turn and
-    puts the parts together in time order.
+    and whether its chain verifies.
+
+    With `whole` set, the scheduler (which owns work orders) returns the whole trail: it
+    asks every other service for its part on the caller's behalf (with the caller's token),
+    follows the references each part names, and returns every step in time order with each
+    service's verdict in `parts`. A service that does not answer leaves its part missing,
+    named in `parts` with the reason; an unknown work order is NOT_FOUND. `prognos audit
+    trail` makes this one call.
     """
     ErasePerson: _aio.UnaryUnaryMultiCallable[_audit_pb2.ErasePersonRequest, _audit_pb2.ErasePersonResponse]  # type: ignore[assignment]
     """ErasePerson erases a person's name from this service's people table, where audit
@@ -138,8 +150,14 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         concern the work order or the things it names (prediction, model version, training run,
         dataset snapshot, asset), the telemetry batches and receipts of an asset's input window
         where the service holds them, the references it found for the other services to follow,
-        and whether its chain verifies. `prognos audit trail` asks every service in turn and
-        puts the parts together in time order.
+        and whether its chain verifies.
+
+        With `whole` set, the scheduler (which owns work orders) returns the whole trail: it
+        asks every other service for its part on the caller's behalf (with the caller's token),
+        follows the references each part names, and returns every step in time order with each
+        service's verdict in `parts`. A service that does not answer leaves its part missing,
+        named in `parts` with the reason; an unknown work order is NOT_FOUND. `prognos audit
+        trail` makes this one call.
         """
 
     @_abc_1.abstractmethod

@@ -414,8 +414,13 @@ class UnitOfWork:
         reason: str = "",
         details: dict[str, Any] | None = None,
         actor: str | None = None,
+        trace_id: str | None = None,
     ) -> _audit.AuditEntry:
-        """Write an audit entry, chained to the previous one, in this transaction."""
+        """Write an audit entry, chained to the previous one, in this transaction.
+
+        ``trace_id`` names the trace the entry belongs to when that is not the current
+        span's (work done for many traces at once); by default, the current span's.
+        """
         entry = await _audit.append(
             self.conn,
             actor=actor or self.actor,
@@ -423,6 +428,7 @@ class UnitOfWork:
             subject=subject,
             reason=reason,
             details=details or {},
+            trace_id=trace_id,
         )
         self.audit_entries.append(entry)
         return entry

@@ -51,10 +51,13 @@ __all__ = [
     "inject_headers",
     "insecure_channel",
     "instrument_engine",
+    "links_to",
     "read_spans",
     "server_interceptors",
     "setup",
     "shutdown",
+    "span_context_of",
+    "trace_id_of",
     "tracer",
 ]
 
@@ -85,6 +88,8 @@ class SpanRecord:
         status_message: The status description, or "".
         attributes: Span attributes.
         events: Span events, each ``{"name", "time_unix_ns", "attributes"}``.
+        links: Spans of other traces this one links to, each ``{"trace_id", "span_id"}``
+            (a batch that scored many traces' telemetry links each of them).
     """
 
     trace_id: str
@@ -99,6 +104,7 @@ class SpanRecord:
     status_message: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def duration_ms(self) -> float:
@@ -121,6 +127,7 @@ class SpanRecord:
                 "status_message": self.status_message,
                 "attributes": self.attributes,
                 "events": self.events,
+                "links": self.links,
             },
             separators=(",", ":"),
             default=str,
@@ -143,6 +150,7 @@ class SpanRecord:
             status_message=data.get("status_message") or "",
             attributes=dict(data.get("attributes") or {}),
             events=list(data.get("events") or []),
+            links=list(data.get("links") or []),
         )
 
     @classmethod
@@ -170,6 +178,13 @@ class SpanRecord:
                     "attributes": _plain(event.attributes),
                 }
                 for event in span.events
+            ],
+            links=[
+                {
+                    "trace_id": format(link.context.trace_id, "032x"),
+                    "span_id": format(link.context.span_id, "016x"),
+                }
+                for link in span.links
             ],
         )
 
@@ -408,6 +423,54 @@ def extract_context(headers: Mapping[str, str] | None) -> Context:
         headers carry none. Use as ``tracer.start_as_current_span(name, context=ctx)``.
     """
     return propagate.extract(dict(headers or {}))
+
+
+_MAX_LINKS = 128
+"""Links per span kept by ``links_to`` (the SDK's default span link limit)."""
+
+
+def span_context_of(traceparent: str) -> trace.SpanContext | None:
+    """The remote span a W3C ``traceparent`` names; ``None`` when it is not a valid one.
+
+    A plain parse of the fixed layout ``00-<32 hex>-<16 hex>-<2 hex>``, cheap enough to run
+    for every asset of a scoring batch.
+    """
+    if len(traceparent) != 55 or traceparent[2] != "-" or traceparent[35] != "-":
+        return None
+    try:
+        trace_id = int(traceparent[3:35], 16)
+        span_id = int(traceparent[36:52], 16)
+        flags = int(traceparent[53:55], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id or traceparent[:2] == "ff":
+        return None
+    return trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
+
+
+def links_to(traceparents: Sequence[str], limit: int = _MAX_LINKS) -> list[trace.Link]:
+    """Links to the distinct valid spans among ``traceparents``, at most ``limit``.
+
+    For a span that works on behalf of many traces at once (fan-in), as a batch does.
+    """
+    links: list[trace.Link] = []
+    seen: set[str] = set()
+    for traceparent in traceparents:
+        if traceparent in seen:
+            continue
+        seen.add(traceparent)
+        context = span_context_of(traceparent)
+        if context is not None:
+            links.append(trace.Link(context))
+            if len(links) >= limit:
+                break
+    return links
+
+
+def trace_id_of(traceparent: str) -> str | None:
+    """The trace id (32 hex digits) of a W3C ``traceparent``; ``None`` when it is not valid."""
+    context = span_context_of(traceparent)
+    return format(context.trace_id, "032x") if context is not None else None
 
 
 def current_trace_id() -> str:

@@ -7,7 +7,10 @@ An owned asset's batch is merged into its window; if the window changed, the ass
 marked for scoring. Marked assets are scored together: a micro-batch closes when it holds
 ``inference_batch_size`` assets or ``inference_batch_deadline_s`` after its first one,
 runs on a worker thread (at most ``inference_threads`` batches at once, and an asset is
-never in two of them), and its predictions are published as soon as it is done.
+never in two of them), and its predictions are published as soon as it is done. Each
+prediction carries the trace context of the telemetry message that last changed its
+asset's window, so the telemetry's trace goes on into whoever acts on the prediction; the
+batch's span links the traces of the telemetry it scored.
 
 When the member set changes, assets this replica gained are rebuilt by replaying the
 stream from the oldest sequence their previous owners still needed (or
@@ -36,7 +39,7 @@ from prognos.api.inference.v1 import inference_pb2
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.core import bus
 from prognos.core.config import Settings
-from prognos.core.telemetry import current_traceparent, tracer
+from prognos.core.telemetry import current_traceparent, links_to, tracer
 from prognos.inference.consumers import AssetDirectory
 from prognos.inference.membership import Membership, owner
 from prognos.inference.models import ModelPair, ModelRunner, ServingModel, ServingModels
@@ -137,6 +140,7 @@ class _Job:
     end_us: np.ndarray
     new_rows: np.ndarray
     causes: list[str]
+    traces: list[str]
     previous: list[float | None]
     traceparent: str
 
@@ -354,9 +358,16 @@ class LiveScorer:
         times, names, values = batch_columns(batch)
         table = self._table(asset_type)
         seq = msg.metadata.sequence.stream if msg.reply else 0
-        message_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        headers = msg.headers or {}
         changed = table.apply(
-            asset_id, times, names, values, seq=seq, message_id=message_id, applied_at=time.time()
+            asset_id,
+            times,
+            names,
+            values,
+            seq=seq,
+            message_id=headers.get("Nats-Msg-Id", ""),
+            traceparent=headers.get("traceparent", ""),
+            applied_at=time.time(),
         )
         if changed and rebuild is None and not self.rebuilding(asset_id):
             self._mark(asset_type, asset_id)
@@ -555,7 +566,10 @@ class LiveScorer:
         length = max(m.window for m in (pair.champion, pair.challenger) if m is not None)
         table.ensure_capacity(length)
         raw, start_us, end_us = table.windows(slots, length)
-        with _tracer.start_as_current_span("inference score batch") as span:
+        traces = [table.last_trace[s] for s in slots]
+        # Fan-in: the batch span links the telemetry it scored; each asset's prediction
+        # continues the trace of the telemetry message that changed its window.
+        with _tracer.start_as_current_span("inference score batch", links=links_to(traces)) as span:
             span.set_attribute("prognos.asset_type", asset_type)
             span.set_attribute("prognos.batch_size", len(slots))
             traceparent, _ = current_traceparent()
@@ -569,6 +583,7 @@ class LiveScorer:
                 end_us=end_us,
                 new_rows=table.take_new_rows(np.asarray(slots)),
                 causes=[table.last_message[s] for s in slots],
+                traces=traces,
                 previous=[self._last_probability.get(a) for a in kept],
                 traceparent=traceparent,
             )
@@ -602,14 +617,15 @@ class LiveScorer:
             self._runner, champion, job.raw, job.channels, explain_at=self.attribution_threshold
         )
         made = predictions(scores, job.assets, job.start_us, job.end_us)
+        traces = [trace or job.traceparent for trace in job.traces]
         messages = [
-            encode_prediction(p, causation_id=cause, traceparent=job.traceparent)
-            for p, cause in zip(made, job.causes, strict=True)
+            encode_prediction(p, causation_id=cause, traceparent=trace)
+            for p, cause, trace in zip(made, job.causes, traces, strict=True)
         ]
         threshold = self.alert_threshold
         alerts = [
-            Alert(p, previous, threshold)
-            for p, previous in zip(made, job.previous, strict=True)
+            Alert(p, previous, threshold, trace)
+            for p, previous, trace in zip(made, job.previous, traces, strict=True)
             if p.failure_probability >= threshold and (previous is None or previous < threshold)
         ]
         shadow = None
@@ -626,8 +642,8 @@ class LiveScorer:
                     shadow_scores, job.assets, job.start_us, job.end_us, shadow=True
                 )
                 messages.extend(
-                    encode_prediction(p, causation_id=cause, traceparent=job.traceparent)
-                    for p, cause in zip(shadow_made, job.causes, strict=True)
+                    encode_prediction(p, causation_id=cause, traceparent=trace)
+                    for p, cause, trace in zip(shadow_made, job.causes, traces, strict=True)
                 )
                 shadow = (
                     scores.rul,

@@ -26,6 +26,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 
 from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.inference.v1 import events_pb2, inference_pb2
+from prognos.core.telemetry import trace_id_of
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -141,6 +142,8 @@ class Alert:
     prediction: inference_pb2.Prediction
     previous_probability: float | None
     threshold: float
+    traceparent: str = ""
+    """The trace the prediction continues (its audit entry records that trace's id)."""
 
 
 class AlertAuditor:
@@ -178,6 +181,7 @@ class AlertAuditor:
                 await uow.audit(
                     "prediction.alert_raised",
                     f"asset/{p.asset_id}",
+                    trace_id=trace_id_of(alert.traceparent),
                     reason=(
                         f"failure probability {p.failure_probability:.3f} reached the alert "
                         f"threshold {alert.threshold:g}"

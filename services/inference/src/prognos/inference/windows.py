@@ -64,6 +64,9 @@ class WindowTable:
         self._applied_at = np.zeros(0, np.float64)
         #: Id of the newest telemetry message applied to each asset.
         self.last_message: list[str] = []
+        #: W3C trace context of that message ("" when it carried none), which the asset's
+        #: next prediction continues.
+        self.last_trace: list[str] = []
 
     # -- assets ---------------------------------------------------------------------------
 
@@ -114,6 +117,7 @@ class WindowTable:
         self._new_rows[slot] = 0
         self._applied_at[slot] = 0.0
         self.last_message[slot] = ""
+        self.last_trace[slot] = ""
         self._free.append(slot)
 
     def _grow_assets(self) -> None:
@@ -129,6 +133,7 @@ class WindowTable:
         self._applied_at = _grown(self._applied_at, new)
         self._assets.extend([None] * (new - old))
         self.last_message.extend([""] * (new - old))
+        self.last_trace.extend([""] * (new - old))
         self._free.extend(range(new - 1, old - 1, -1))
 
     def _column(self, channel: str) -> int:
@@ -173,6 +178,7 @@ class WindowTable:
         *,
         seq: int = 0,
         message_id: str = "",
+        traceparent: str = "",
         applied_at: float = 0.0,
     ) -> bool:
         """Merge a batch of readings into the asset's window.
@@ -184,6 +190,7 @@ class WindowTable:
             values: ``(rows, channels)`` readings; NaN is "no reading".
             seq: Stream sequence of the message the rows came in.
             message_id: Id of that message (the newest one is remembered).
+            traceparent: Its W3C trace context, remembered with its id.
             applied_at: The time now (``time.time()``), remembered for ``low_sequence``.
 
         Returns:
@@ -199,6 +206,7 @@ class WindowTable:
         cap = self.capacity
         if message_id:
             self.last_message[slot] = message_id
+            self.last_trace[slot] = traceparent
         if count == 0 or times_us[0] > self._times[slot, cap - 1]:
             # The common case: rows after everything held; shift left and append.
             keep = min(n, cap)

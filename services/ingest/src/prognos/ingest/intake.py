@@ -14,6 +14,10 @@ may have been stored before, so it is looked up in this process's recent receipt
 the ledger of stored batches that the archive writes as it archives, then on the stream
 itself from the archive's position onwards. New data (every reading after the watermark)
 needs none of these lookups.
+
+Tracing. A telemetry message carries the trace context of the call that sent it
+(``traceparent``), so the predictions made from it and the work orders they open continue
+the sender's trace.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from prognos.api.ingest.v1 import events_pb2, ingest_pb2
 from prognos.core.errors import UnavailableError
+from prognos.core.telemetry import current_traceparent
 from prognos.ingest import adapters
 from prognos.ingest.domain import AssetSpec, AssetTypeSpec, SensorChannel
 from prognos.ingest.units import UnitMismatchError, UnknownUnitError, converter
@@ -76,6 +81,8 @@ QUARANTINE_STREAM = "QUARANTINE"
 QUARANTINE_SUBJECTS = ["quarantine.>"]
 MSG_ID = "Nats-Msg-Id"
 WATERMARK_HEADER = "Prognos-Watermark-Us"
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 COUNTS_HEADER = "Prognos-Counts"
 UNKNOWN_TYPE = "_unknown"
 #: The follower whose position says up to where the ledger of stored batches is complete.
@@ -727,14 +734,18 @@ class Intake:
                     ]
                 )
             self._watermarks[raw.asset_id] = watermark
+            headers = {
+                MSG_ID: headers_id,
+                WATERMARK_HEADER: str(watermark),
+                COUNTS_HEADER: f"{accepted}/{quarantined}",
+            }
+            traceparent, tracestate = current_traceparent()
+            if traceparent:
+                headers[TRACEPARENT] = traceparent
+                if tracestate:
+                    headers[TRACESTATE] = tracestate
             pending.telemetry = await self._publish(
-                telemetry_subject(spec.name, raw.asset_id),
-                payload,
-                {
-                    MSG_ID: headers_id,
-                    WATERMARK_HEADER: str(watermark),
-                    COUNTS_HEADER: f"{accepted}/{quarantined}",
-                },
+                telemetry_subject(spec.name, raw.asset_id), payload, headers
             )
             self._last_ids[raw.asset_id] = headers_id
             first, last = int(validation.timestamps_us[0]), int(validation.timestamps_us[-1])

@@ -404,3 +404,31 @@ async def test_a_watch_wakes_on_commit_and_resumes_after_its_position(
         assert second.work_order.id == first.work_order.id
         assert second.work_order.version == 2
         assert second.work_order.unplaced.reason == S.UNPLACED_REASON_NO_MASTER_DATA
+
+
+async def test_a_policy_change_is_announced_for_inference(
+    scheduler: Scheduler, listener: object
+) -> None:
+    s = scheduler
+    announced: list[events_pb2.WorkOrderPolicySet] = []
+    from prognos.api.common.v1.envelope_pb2 import Envelope
+
+    async def on_policy(msg: object) -> None:
+        envelope = Envelope.FromString(msg.data)  # type: ignore[attr-defined]
+        event = events_pb2.WorkOrderPolicySet()
+        assert envelope.payload.Unpack(event)
+        announced.append(event)
+
+    await listener.subscribe("scheduler.policy.set", cb=on_policy)  # type: ignore[attr-defined]
+    policy = S.WorkOrderPolicy(open_probability=0.3, close_probability=0.1)
+    policy.open_remaining_useful_life = 10.0
+    policy.close_remaining_useful_life = 20.0
+    await s.stub.SetWorkOrderPolicy(
+        S.SetWorkOrderPolicyRequest(idempotency_key=key(), asset_type="press", policy=policy)
+    )
+
+    await assert_eventually(lambda: len(announced) == 1, timeout=10)
+    (event,) = announced
+    assert event.asset_type == "press"
+    assert event.policy.open_probability == 0.3
+    assert event.policy.open_remaining_useful_life == 10.0

@@ -15,10 +15,12 @@ from prognos.inference.adapters import metadata
 from prognos.inference.consumers import (
     ALIAS_SUBJECT,
     ASSET_SUBJECTS,
+    POLICY_SUBJECT,
     AssetDirectory,
     alias_handler,
     directory_handler,
     follow,
+    policy_handler,
 )
 from prognos.inference.grpc_api import InferenceServicer, Peers
 from prognos.inference.live import LiveScorer
@@ -59,12 +61,15 @@ class Inference:
     subscriptions: list[Any]
 
     async def start(self) -> None:
-        """Follow assets and aliases, join the replicas, and start consuming telemetry."""
+        """Follow assets, aliases and policies, join the replicas, consume telemetry."""
         self.subscriptions.append(
             await follow(self.js, "INGEST", ASSET_SUBJECTS, directory_handler(self.directory))
         )
         self.subscriptions.append(
             await follow(self.js, "REGISTRY", [ALIAS_SUBJECT], alias_handler(self.loader.apply))
+        )
+        self.subscriptions.append(
+            await follow(self.js, "SCHEDULER", [POLICY_SUBJECT], policy_handler(self.live.opens_at))
         )
         await self.live.start()
         await self.membership.start()

@@ -6,7 +6,10 @@ asset and per model change), not shared durable consumers:
 
 - the ingest service's asset and asset type registrations: each asset's plant, and each
   asset type's failure horizon and reading interval (``AssetDirectory``);
-- the registry's ``AliasMoved`` events: the champion and challenger of each asset type.
+- the registry's ``AliasMoved`` events: the champion and challenger of each asset type;
+- the scheduler's ``WorkOrderPolicySet`` events: the lowest failure probability at which a
+  prediction of each asset type can open a work order, so that every such prediction is
+  explained (carries its top sensors).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import events_pb2 as registry_events
+from prognos.api.scheduler.v1 import events_pb2 as scheduler_events
 from prognos.core import bus
 from prognos.inference.scoring import AssetInfo
 
@@ -38,6 +42,7 @@ ASSET_SUBJECTS = [
     "ingest.asset_type.updated",
 ]
 ALIAS_SUBJECT = "registry.alias.moved"
+POLICY_SUBJECT = "scheduler.policy.set"
 
 
 @dataclass(frozen=True)
@@ -183,5 +188,30 @@ def alias_handler(
         event = registry_events.AliasMoved()
         envelope.payload.Unpack(event)
         apply(event, envelope.id)
+
+    return handle
+
+
+def opening_floor(policy: scheduler_events.WorkOrderPolicySet) -> float:
+    """The lowest failure probability at which a prediction can open a work order.
+
+    A policy with a remaining-useful-life rule opens on the RUL whatever the probability,
+    so every prediction can open one (0.0); otherwise, those at ``open_probability``.
+    """
+    if policy.policy.HasField("open_remaining_useful_life"):
+        return 0.0
+    return policy.policy.open_probability
+
+
+def policy_handler(apply: Callable[[str, float], None]) -> EnvelopeHandler:
+    """Pass each asset type's opening floor (``opening_floor``) to ``apply``."""
+
+    def handle(envelope: Envelope) -> None:
+        if envelope.type != scheduler_events.WorkOrderPolicySet.DESCRIPTOR.full_name:
+            return
+        event = scheduler_events.WorkOrderPolicySet()
+        envelope.payload.Unpack(event)
+        if event.asset_type:
+            apply(event.asset_type, opening_floor(event))
 
     return handle

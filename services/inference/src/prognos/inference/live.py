@@ -238,6 +238,7 @@ class LiveScorer:
         self._in_flight: set[str] = set()
         self._rebuilds: list[_Rebuild] = []
         self._last_probability: dict[str, float] = {}
+        self._opening_floor: dict[str, float] = {}
         self._kick = asyncio.Event()
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, settings.inference_threads))
@@ -258,6 +259,20 @@ class LiveScorer:
     def attribution_threshold(self) -> float:
         configured = self._settings.inference_attribution_threshold
         return self.alert_threshold if configured is None else configured
+
+    def explain_threshold(self, asset_type: str) -> float:
+        """Live predictions of ``asset_type`` at or above this are explained.
+
+        The attribution threshold, lowered to where the scheduler's policy for the asset
+        type opens work orders: a prediction that can open one carries its top sensors.
+        """
+        floor = self._opening_floor.get(asset_type)
+        threshold = self.attribution_threshold
+        return threshold if floor is None else min(threshold, floor)
+
+    def opens_at(self, asset_type: str, floor: float) -> None:
+        """The scheduler opens work orders for ``asset_type`` from probability ``floor``."""
+        self._opening_floor[asset_type] = floor
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -614,7 +629,11 @@ class LiveScorer:
         champion = job.pair.champion
         assert champion is not None
         scores = score(
-            self._runner, champion, job.raw, job.channels, explain_at=self.attribution_threshold
+            self._runner,
+            champion,
+            job.raw,
+            job.channels,
+            explain_at=self.explain_threshold(job.asset_type),
         )
         made = predictions(scores, job.assets, job.start_us, job.end_us)
         traces = [trace or job.traceparent for trace in job.traces]

@@ -48,9 +48,11 @@ from prognos.scheduler.policy import (
 )
 from prognos.scheduler.translate import (
     EVENT_TYPES,
+    POLICY_SUBJECT,
     integration_event,
     outcome_label,
     policy_from_document,
+    policy_set_event,
     policy_to_document,
     prediction_from_proto,
     work_order_to_proto,
@@ -284,7 +286,10 @@ async def set_policy(
         raise MasterDataInvalidError([("asset_type", "required")])
     stream = adapters.stream_of("policy", asset_type)
     version = len(await uow.load(stream))
-    await uow.append(stream, version, [PolicySet.of(asset_type, policy, now)])
+    stored = await uow.append(stream, version, [PolicySet.of(asset_type, policy, now)])
+    # Announced, so inference explains every prediction that can open a work order.
+    for record in stored:
+        uow.publish(POLICY_SUBJECT, policy_set_event(asset_type, policy), cause=record)
     document = policy_to_document(policy)
     await adapters.upsert_policy(uow.conn, asset_type, document, version + 1)
     await uow.audit(

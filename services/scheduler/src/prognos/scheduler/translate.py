@@ -306,6 +306,14 @@ def policy_to_proto(policy: WorkOrderPolicy) -> scheduler_pb2.WorkOrderPolicy:
     return message
 
 
+POLICY_SUBJECT = "scheduler.policy.set"
+
+
+def policy_set_event(asset_type: str, policy: WorkOrderPolicy) -> events_pb2.WorkOrderPolicySet:
+    """The public announcement of an asset type's new work-order policy."""
+    return events_pb2.WorkOrderPolicySet(asset_type=asset_type, policy=policy_to_proto(policy))
+
+
 def policy_to_document(policy: WorkOrderPolicy) -> dict[str, float | None]:
     return {
         "p_open": policy.p_open,

@@ -33,6 +33,7 @@ class WorkOrderProposed(_message.Message):
       scheduler.work_order.completed      WorkOrderCompleted
       scheduler.work_order.cancelled      WorkOrderCancelled
       scheduler.outcome.recorded          MaintenanceOutcomeRecorded
+      scheduler.policy.set                WorkOrderPolicySet (stream "policy-<asset type>")
 
     WorkOrderProposed: a prediction crossed the risk threshold and a work order was created.
     """
@@ -383,3 +384,34 @@ class MaintenanceOutcomeRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MaintenanceOutcomeRecorded: _TypeAlias = MaintenanceOutcomeRecorded  # noqa: Y015
+
+@_typing.final
+class WorkOrderPolicySet(_message.Message):
+    """WorkOrderPolicySet: the work-order policy of an asset type changed, so from now on these
+    thresholds decide which predictions open a work order. Inference explains (top sensors)
+    every prediction that can open one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_TYPE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    asset_type: _builtins.str
+    """The asset type the policy is for."""
+    @_builtins.property
+    def policy(self) -> _scheduler_pb2.WorkOrderPolicy:
+        """The policy now in force."""
+
+    def __init__(
+        self,
+        *,
+        asset_type: _builtins.str = ...,
+        policy: _scheduler_pb2.WorkOrderPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_type", b"asset_type", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkOrderPolicySet: _TypeAlias = WorkOrderPolicySet  # noqa: Y015

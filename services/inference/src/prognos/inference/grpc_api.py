@@ -33,11 +33,12 @@ from prognos.core.errors import (
     from_grpc_error,
 )
 from prognos.inference.consumers import AssetDirectory
-from prognos.inference.live import LiveScorer, batch_columns, score_windows
+from prognos.inference.live import LiveScorer, batch_columns
 from prognos.inference.membership import Membership
 from prognos.inference.models import ModelRunner, ServingModel, ServingModels
 from prognos.inference.preprocessing import MissingChannelError
 from prognos.inference.publisher import PREDICTION_SUBJECT, SHADOW_SUBJECT
+from prognos.inference.scoring import predictions, score
 from prognos.inference.windows import VALUE_DTYPE
 
 if TYPE_CHECKING:
@@ -211,28 +212,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         assets: Sequence[Any],
         start_us: np.ndarray,
         end_us: np.ndarray,
-    ) -> list[inference_pb2.Prediction]:
+        *,
+        into: inference_pb2.PredictBatchResponse | None = None,
+    ) -> Sequence[inference_pb2.Prediction]:
+        """Score on the worker threads, in parts of at least 512 windows.
+
+        With ``into``, the predictions are added to its ``predictions`` in order (copied
+        once, in C, when there are several parts) and those are returned.
+        """
         loop = asyncio.get_running_loop()
         explain_at = self._live.attribution_threshold
         parts = max(1, min(self._threads, len(assets) // 512))
         bounds = np.linspace(0, len(assets), parts + 1).astype(int)
+        direct = into is not None and parts == 1
+        holders = [into if direct else inference_pb2.PredictBatchResponse() for _ in range(parts)]
+
+        def work(a: int, b: int, holder: inference_pb2.PredictBatchResponse) -> None:
+            scores = score(self._runner, model, raw[a:b], channels, explain_at=explain_at)
+            predictions(scores, assets[a:b], start_us[a:b], end_us[a:b], into=holder.predictions)
+
         try:
-            results = await asyncio.gather(
+            await asyncio.gather(
                 *(
-                    loop.run_in_executor(
-                        self._executor,
-                        lambda a=a, b=b: score_windows(
-                            self._runner,
-                            model,
-                            raw[a:b],
-                            channels,
-                            assets[a:b],
-                            start_us[a:b],
-                            end_us[a:b],
-                            explain_at=explain_at,
-                        ),
-                    )
-                    for a, b in itertools.pairwise(bounds)
+                    loop.run_in_executor(self._executor, work, a, b, holder)
+                    for (a, b), holder in zip(itertools.pairwise(bounds), holders, strict=True)
                 )
             )
         except MissingChannelError as e:
@@ -240,7 +243,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 [("READINGS", f"asset_type/{model.asset_type}", str(e))],
                 reason="MISSING_CHANNELS",
             ) from None
-        return [p for part in results for p in part]
+        if into is not None:
+            if not direct:
+                for holder in holders:
+                    into.MergeFrom(holder)
+            return into.predictions
+        if parts == 1:
+            return holders[0].predictions
+        return [p for holder in holders for p in holder.predictions]
 
     async def _score_range(
         self, request: inference_pb2.PredictRequest, asset_type: str, model: ServingModel
@@ -325,6 +335,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if forwarded:
                 owner = self._membership.replica_id
             groups.setdefault(owner, []).append(asset_id)
+        if list(groups) == [self._membership.replica_id]:
+            # All held here: scored straight into the response when all of one type.
+            response = inference_pb2.PredictBatchResponse()
+            found, failed = await self._score_many(asset_ids, into=response)
+            if not found and not failed:
+                return response
         results: dict[str, inference_pb2.Prediction] = {}
         errors: dict[str, inference_pb2.PredictionError] = {}
 
@@ -365,8 +381,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return sorted(selected)
 
     async def _score_many(
-        self, asset_ids: list[str]
+        self, asset_ids: list[str], *, into: inference_pb2.PredictBatchResponse | None = None
     ) -> tuple[dict[str, inference_pb2.Prediction], dict[str, inference_pb2.PredictionError]]:
+        """Predictions and errors by asset id.
+
+        With ``into``, when every asset can be scored and all are of one type, their
+        predictions go into ``into`` in the order given, and both dicts come back empty.
+        """
         found: dict[str, inference_pb2.Prediction] = {}
         failed: dict[str, inference_pb2.PredictionError] = {}
         by_type: dict[str, list[str]] = {}
@@ -402,12 +423,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if not held:
                 continue
             assets = [self._directory.info(a, asset_type) for a in held]
+            whole = into is not None and len(held) == len(asset_ids)
             try:
-                made = await self._run(model, raw, channels, assets, start_us, end_us)
+                made = await self._run(
+                    model, raw, channels, assets, start_us, end_us, into=into if whole else None
+                )
             except PrognosError as e:
                 for asset_id in held:
                     failed[asset_id] = _error(asset_id, e)
                 continue
+            if whole:
+                return {}, {}
             found.update((p.asset_id, p) for p in made)
         return found, failed
 

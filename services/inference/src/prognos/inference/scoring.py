@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from prognos.api.inference.v1 import inference_pb2
 from prognos.api.ingest.v1 import ingest_pb2
@@ -177,6 +178,7 @@ def predictions(
     *,
     shadow: bool = False,
     made_at_us: int | None = None,
+    into: RepeatedCompositeFieldContainer[inference_pb2.Prediction] | None = None,
 ) -> Sequence[inference_pb2.Prediction]:
     """One ``Prediction`` per scored window, in a repeated field built in place.
 
@@ -187,6 +189,8 @@ def predictions(
         end_us: Time of each window's last reading (the prediction's time).
         shadow: Whether these are the challenger's shadow predictions.
         made_at_us: When they were computed (now by default).
+        into: The repeated ``Prediction`` field to add them to (and return); a new one
+            by default.
     """
     made_at_us = made_at_us or time.time_ns() // 1000
     version = scores.model.version
@@ -202,7 +206,7 @@ def predictions(
     digests = scores.digests
     explanations = scores.explanations
     # Built in place in a repeated field: no copy per message.
-    out = inference_pb2.PredictBatchResponse().predictions
+    out = inference_pb2.PredictBatchResponse().predictions if into is None else into
     for i, asset in enumerate(assets):
         key = (asset.asset_type, asset.plant)
         entry = templates.get(key)

@@ -129,6 +129,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._services: list[tuple[AddServicerFn, Any, str]] = []
+        self._started_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._closed_hooks: list[Hook] = []
         self._port: int | None = None
@@ -184,6 +185,13 @@ class GrpcServer:
             raise RuntimeError("add services before start()")
         self._services.append((add_fn, servicer, full_name))
 
+    def on_started(self, hook: Hook) -> None:
+        """Run ``hook`` once the server listens and reports SERVING (announce the address).
+
+        Started hooks run in the order they were added.
+        """
+        self._started_hooks.append(hook)
+
     def on_shutdown(self, hook: Hook) -> None:
         """Run ``hook`` when shutdown begins: after NOT_SERVING, before in-flight calls drain.
 
@@ -233,6 +241,8 @@ class GrpcServer:
         for name in self.service_names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         _log.info("%s serving gRPC on %s", self.settings.service, self.address)
+        for hook in self._started_hooks:
+            await hook()
         return port
 
     async def serve_until_signal(self) -> None:

@@ -115,6 +115,9 @@ def assemble(runtime: Runtime) -> Inference:
         ttl_s=settings.inference_member_ttl_s,
         announce=announce,
     )
+    # Joining happens before the server listens: announce the address as soon as it does,
+    # not at the next heartbeat, so that the other replicas can forward to this one.
+    runtime.server.on_started(membership.announce)
 
     def channel_of(asset_type: str, model: ServingModel, feature: str) -> str:
         table = live_ref[0].tables.get(asset_type) if live_ref else None

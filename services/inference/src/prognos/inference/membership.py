@@ -156,6 +156,13 @@ class Membership:
         self.ready.set()
         self._watch_task = asyncio.create_task(self._watch(watcher), name="membership-watch")
 
+    async def announce(self) -> None:
+        """Announce this replica now (its address is known once the server listens)."""
+        if self._kv is None or self._stopping:
+            return
+        await self._put()
+        self._recompute()
+
     def _self_member(self) -> Member:
         address, low_seq = self._announce()
         return Member(self.replica_id, address, low_seq, time.monotonic())

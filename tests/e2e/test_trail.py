@@ -302,7 +302,10 @@ async def test_a_work_order_from_real_telemetry_has_its_whole_trail_verified(
     assert cause["prediction_id"] == order.cause.prediction_id
     assert cause["model_version"] == story.version
     assert cause["input_digest"].startswith("sha256:")
-    assert 0.0 < cause["failure_probability"] <= 1.0 and "top_sensors" in cause
+    assert 0.0 < cause["failure_probability"] <= 1.0
+    # The policy opens at 0.001, far below inference's alert threshold: inference heard of
+    # the policy and explained the prediction all the same.
+    assert cause["top_sensors"] and all(s.startswith("sensor_") for s in cause["top_sensors"])
     # The model version's lineage: trained, approved and promoted by another principal.
     assert by_action["training_run.succeeded"][0]["details"]["model_version_id"] == story.version
     registered = by_action["model_version.registered"][0]
@@ -321,6 +324,14 @@ async def test_a_work_order_from_real_telemetry_has_its_whole_trail_verified(
     # trace continues through inference into the scheduler, which proposed the order in it.
     for step in (*received, approved, promoted, acknowledged, scheduler[0]):
         assert len(step["trace_id"]) == 32, step
+    (telemetry_trace,) = {s["trace_id"] for s in received}
+    opened = next(
+        s for s in scheduler if s["details"].get("prediction_id") == cause["prediction_id"]
+    )
+    assert opened["trace_id"] == scheduler[0]["trace_id"] == telemetry_trace
+    for alert in by_action.get("prediction.alert_raised", []):
+        if alert["details"]["prediction_id"] == cause["prediction_id"]:
+            assert alert["trace_id"] == telemetry_trace
     # The readable report tells the same story.
     for words in ("verified", "work_order.acknowledged", story.version, PERSON, "user:bob"):
         assert words in report, words

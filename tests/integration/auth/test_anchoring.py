@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from sqlalchemy import text
 
+from prognos.core import anchoring
 from prognos.core.anchoring import (
     AUDIT_STREAM,
     ChainAnchor,
+    ChainHead,
     ChainMismatchError,
     ensure_audit_stream,
     latest_anchor,
@@ -132,3 +135,39 @@ async def test_a_checkpoint_is_signed_published_and_verifiable(anchored: Anchore
     published = await latest_checkpoint(anchored.js, "registry")
     assert published == checkpoint
     assert await anchored.anchor.checkpoint(only_if_moved=True) is None
+
+
+
+async def test_two_writers_of_one_chain_never_report_a_cut_nor_move_the_anchor_back(
+    anchored: Anchored, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two replicas on one database: one anchors a newer head while the other checks."""
+    await anchored.write(2)
+    await assert_eventually(lambda: _anchored_at(anchored, 2), timeout=10)
+    other = ChainAnchor(anchored.store, anchored.js, interval_s=3600)
+    real_read_head = anchoring.read_head
+    raced = False
+
+    async def read_head_while_the_other_moves_on(store: EventStore) -> ChainHead:
+        nonlocal raced
+        head = await real_read_head(store)
+        if not raced:
+            raced = True
+            await anchored.write(1)  # the first replica writes and anchors head 3
+            await assert_eventually(lambda: _anchored_at(anchored, 3), timeout=10)
+        return head
+
+    monkeypatch.setattr(anchoring, "read_head", read_head_while_the_other_moves_on)
+    with caplog.at_level(logging.ERROR, logger=anchoring.__name__):
+        await other.publish_head()
+    monkeypatch.undo()
+
+    assert raced
+    assert not [r for r in caplog.records if "not anchored" in r.getMessage()]
+    latest = await latest_anchor(anchored.js, "registry")
+    assert latest is not None and latest.seq == 3  # head 2 was not anchored over head 3
+
+
+async def _anchored_at(anchored: Anchored, seq: int) -> None:
+    anchor = await latest_anchor(anchored.js, "registry")
+    assert anchor is not None and anchor.seq >= seq

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from sqlalchemy import desc, select
 
 from prognos.api.common.v1 import audit_pb2
@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+#: JetStream's error code for a publish whose expected last subject sequence is stale.
+_WRONG_LAST_SEQUENCE = 10071
 
 AUDIT_STREAM = "AUDIT"
 """The immutable stream of chain heads and checkpoints."""
@@ -197,11 +199,18 @@ async def _hash_at(store: EventStore, seq: int) -> str | None:
 
 async def latest_anchor(js: JetStreamContext, service: str) -> ChainHead | None:
     """The last head published for ``service``, or ``None`` if there is none yet."""
+    anchor, _ = await _latest_anchor_at(js, service)
+    return anchor
+
+
+async def _latest_anchor_at(js: JetStreamContext, service: str) -> tuple[ChainHead | None, int]:
+    """The last head published for ``service`` and its stream sequence (0: none yet)."""
     try:
         message = await js.get_last_msg(AUDIT_STREAM, head_subject(service))
     except NotFoundError:
-        return None
-    return ChainHead.from_proto(audit_pb2.ChainHead.FromString(message.data or b""))
+        return None, 0
+    head = ChainHead.from_proto(audit_pb2.ChainHead.FromString(message.data or b""))
+    return head, int(message.seq or 0)
 
 
 async def latest_checkpoint(js: JetStreamContext, service: str) -> audit_pb2.Checkpoint | None:
@@ -290,28 +299,43 @@ class ChainAnchor:
             The head published, or ``None`` when nothing was published.
         """
         async with self._lock:
+            # The anchor first: another process writing the same chain (a second replica on
+            # one database) may anchor a newer head at any moment, and a head read before
+            # that anchor would look like a chain cut short.
+            anchor, anchored_at = await _latest_anchor_at(self._js, self._service)
             head = await read_head(self._store)
             if head.seq == 0 or self._published == (head.seq, head.hash):
                 return None
-            problem = await self._contradiction(head)
+            problem = await self._contradiction(head, anchor)
             if problem is not None:
                 if problem != self._reported:
                     _log.error("%s: audit chain not anchored: %s", self._service, problem)
                     self._reported = problem
                 return None
-            await self._js.publish(
-                head_subject(self._service),
-                head.to_proto().SerializeToString(),
-                timeout=self._timeout,
-                stream=AUDIT_STREAM,
-                headers={"Nats-Msg-Id": f"{self._service}:{head.seq}:{head.hash}"},
-            )
+            if anchor is not None and (anchor.seq, anchor.hash) == (head.seq, head.hash):
+                self._published = (head.seq, head.hash)  # anchored by another writer
+                return None
+            try:
+                await self._js.publish(
+                    head_subject(self._service),
+                    head.to_proto().SerializeToString(),
+                    timeout=self._timeout,
+                    stream=AUDIT_STREAM,
+                    headers={
+                        "Nats-Msg-Id": f"{self._service}:{head.seq}:{head.hash}",
+                        # Only on top of the anchor just checked: never move it backwards.
+                        "Nats-Expected-Last-Subject-Sequence": str(anchored_at),
+                    },
+                )
+            except APIError as error:
+                if error.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+                return None  # another writer anchored in between: check again next time
             self._published = (head.seq, head.hash)
             self._reported = None
             return head
 
-    async def _contradiction(self, head: ChainHead) -> str | None:
-        anchor = await latest_anchor(self._js, self._service)
+    async def _contradiction(self, head: ChainHead, anchor: ChainHead | None) -> str | None:
         if anchor is None:
             return None
         if head.seq < anchor.seq:
@@ -340,10 +364,11 @@ class ChainAnchor:
         if self._signing_key is None:
             raise RuntimeError(f"{self._service}: no audit signing key configured")
         await self.publish_head()
-        head = await read_head(self._store)
+        anchor = await latest_anchor(self._js, self._service)
+        head = await read_head(self._store)  # after the anchor: see publish_head
         if only_if_moved and self._checkpointed == (head.seq, head.hash):
             return None
-        problem = await self._contradiction(head)
+        problem = await self._contradiction(head, anchor)
         if problem is not None:
             raise ChainMismatchError(f"{self._service}: {problem}")
         checkpoint = sign_head(self._signing_key, head)

@@ -98,12 +98,6 @@ def credentials_for(
     return grpc.composite_channel_credentials(tls, grpc.metadata_call_credentials(plugin))
 
 
-def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
-    if credentials is None:
-        return telemetry.insecure_channel(target)
-    return grpc.aio.secure_channel(
-        target, credentials, interceptors=telemetry.client_interceptors()
-    )
 
 
 def open_channel(info: RunInfo, service: str, *, role: str = "admin") -> grpc.aio.Channel:
@@ -119,10 +113,10 @@ def open_channel(info: RunInfo, service: str, *, role: str = "admin") -> grpc.ai
         (``async with``) when done.
     """
     credentials = credentials_for(secrets_of(info), role=role)
-    return _channel(address_of(info, service), credentials)
+    return telemetry.channel(address_of(info, service), credentials)
 
 
 def open_channel_with_token(info: RunInfo, service: str, token: str | None) -> grpc.aio.Channel:
     """Like ``open_channel``, but every call carries ``token`` (or, if ``None``, no token)."""
     credentials = credentials_for(secrets_of(info), token=token)
-    return _channel(address_of(info, service), credentials)
+    return telemetry.channel(address_of(info, service), credentials)

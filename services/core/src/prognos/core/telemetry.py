@@ -507,6 +507,21 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return result
 
 
+def channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """A grpc.aio channel whose calls are traced: TLS with ``credentials``, else plaintext.
+
+    Args:
+        target: ``host:port``.
+        credentials: Channel credentials (``tls.client_credentials``), or ``None``.
+
+    Returns:
+        The channel; close it with ``await channel.close()`` or ``async with``.
+    """
+    if credentials is None:
+        return insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials, interceptors=client_interceptors())
+
+
 def insecure_channel(
     target: str, *, options: Sequence[tuple[str, Any]] | None = None
 ) -> grpc.aio.Channel:

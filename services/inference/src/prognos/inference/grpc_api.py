@@ -81,14 +81,7 @@ class Peers:
     def stub(self, address: str) -> inference_pb2_grpc.InferenceServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            credentials = tls.client_credentials(self._settings)
-            channel = (
-                telemetry.insecure_channel(address)
-                if credentials is None
-                else grpc.aio.secure_channel(
-                    address, credentials, interceptors=telemetry.client_interceptors()
-                )
-            )
+            channel = telemetry.channel(address, tls.client_credentials(self._settings))
             self._channels.append(channel)
             stub = self._stubs[address] = inference_pb2_grpc.InferenceServiceStub(channel)
         return stub

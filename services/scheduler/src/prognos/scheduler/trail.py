@@ -74,14 +74,7 @@ class TrailGatherer:
         address = self._settings.address_of(service)
         if address is None:
             return None
-        credentials = tls.client_credentials(self._settings)
-        channel = (
-            telemetry.insecure_channel(address)
-            if credentials is None
-            else grpc.aio.secure_channel(
-                address, credentials, interceptors=telemetry.client_interceptors()
-            )
-        )
+        channel = telemetry.channel(address, tls.client_credentials(self._settings))
         self._channels.append(channel)
         stub = self._stubs[service] = audit_pb2_grpc.AuditServiceStub(channel)
         return stub

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -214,13 +214,24 @@ def subscription(
     )
 
 
+@dataclass(frozen=True)
+class _Work:
+    """One decoded message and the handler of its event type."""
+
+    msg: Msg
+    envelope: Envelope
+    handler: Handler
+    payload: Message
+
+
 class Consumer:
     """A durable pull consumer that applies each integration event exactly once.
 
-    Each message is handled inside one store transaction that also records its id in the
-    tracking table; a message seen before is acknowledged without effect. Transient
-    failures are negatively acknowledged with a growing delay; a message that cannot be
-    read, or fails ``max_deliver`` times, is terminated and audited as poison.
+    Each message is handled in a savepoint of the batch's store transaction that also
+    records its id in the tracking table, and is acknowledged after the commit; a message
+    seen before is acknowledged without effect. Transient failures are negatively
+    acknowledged with a growing delay; a message that cannot be read, or fails
+    ``max_deliver`` times, is terminated and audited as poison.
     """
 
     def __init__(
@@ -271,29 +282,64 @@ class Consumer:
                     log.warning("fetch from %s failed", self._sub.durable, exc_info=True)
                     await asyncio.sleep(0.5)  # back off before asking the server again
                     continue
-                for msg in messages:
-                    await self._handle(msg)
+                await self._handle_batch(messages)
         finally:
             try:
                 await psub.unsubscribe()
             except Exception:  # the connection may already be closing
                 log.debug("unsubscribe of %s failed", self._sub.durable, exc_info=True)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _decode(self, msg: Msg) -> _Work | None:
+        """The message's work, or ``None`` when it was settled here (not ours, unreadable)."""
         envelope = Envelope()
         try:
             envelope.ParseFromString(msg.data)
             entry = self._sub.handlers.get(envelope.type)
             if entry is None:
                 await msg.ack()  # not for us: another event type on the same subject filter
-                return
+                return None
             cls, handler = entry
             payload = cls()
             if not envelope.payload.Unpack(payload):
                 raise DecodeError(f"payload is not a {envelope.type}")
         except DecodeError as exc:
             await self._poison(msg, envelope.id or "", f"unreadable message: {exc}")
+            return None
+        return _Work(msg, envelope, handler, payload)
+
+    async def _handle_batch(self, messages: Sequence[Msg]) -> None:
+        """Apply a fetched batch in one transaction, each message in a savepoint of its own.
+
+        One commit for the batch instead of one per message; a message whose handler fails
+        is rolled back alone and redelivered (or poisoned), the others commit. If the commit
+        itself fails, every message of the batch is redelivered.
+        """
+        work = [w for w in [await self._decode(m) for m in messages] if w is not None]
+        if not work:
             return
+        failures: dict[int, Exception] = {}
+        try:
+            async with self._store.transaction() as uow:
+                for i, item in enumerate(work):
+                    error = await self._apply(uow, item)
+                    if error is not None:
+                        failures[i] = error
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("a batch of %s could not commit; redelivering", len(work), exc_info=True)
+            failures = dict.fromkeys(range(len(work)), exc)
+        for i, item in enumerate(work):
+            error = failures.get(i)
+            if error is None:
+                await item.msg.ack()
+                self.processed += 1
+            else:
+                await self._retry_or_poison(item, error)
+
+    async def _apply(self, uow: UnitOfWork, item: _Work) -> Exception | None:
+        """Run one message's handler in a savepoint, in the message's trace; its error, if any."""
+        msg, envelope = item.msg, item.envelope
         ctx = extract_context(msg.headers)
         with _tracer.start_as_current_span(
             f"{self._sub.durable} process", context=ctx, kind=SpanKind.CONSUMER
@@ -304,13 +350,13 @@ class Consumer:
             span.set_attribute("messaging.consumer.group.name", self._sub.durable)
             token = set_actor(envelope.actor or None)
             try:
-                async with self._store.transaction(
+                async with uow.savepoint(
                     actor=envelope.actor or None,
                     correlation_id=envelope.correlation_id or None,
                     causation_id=envelope.id,
-                ) as uow:
-                    if await uow.track(self._sub.durable, envelope.id):
-                        await handler(uow, envelope, payload)
+                ) as scoped:
+                    if await scoped.track(self._sub.durable, envelope.id):
+                        await item.handler(scoped, envelope, item.payload)
                     else:
                         span.set_attribute("prognos.duplicate", True)
             except asyncio.CancelledError:
@@ -318,17 +364,23 @@ class Consumer:
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
-                delivered = msg.metadata.num_delivered if msg.metadata else 1
-                if delivered >= self._max_deliver:
-                    await self._poison(msg, envelope.id, f"failed {delivered} times: {exc!r}")
-                else:
-                    log.warning("handler of %s failed; redelivering", envelope.type, exc_info=True)
-                    await msg.nak(delay=min(0.2 * 2**delivered, 30.0))
-                return
+                return exc
             finally:
                 reset_actor(token)
-        await msg.ack()
-        self.processed += 1
+        return None
+
+    async def _retry_or_poison(self, item: _Work, error: Exception) -> None:
+        msg, envelope = item.msg, item.envelope
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        if delivered >= self._max_deliver:
+            await self._poison(msg, envelope.id, f"failed {delivered} times: {error!r}")
+        else:
+            log.warning(
+                "handler of %s failed; redelivering",
+                envelope.type,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            await msg.nak(delay=min(0.2 * 2**delivered, 30.0))
 
     async def _poison(self, msg: Msg, message_id: str, reason: str) -> None:
         log.error("poison message on %s (%s): %s", msg.subject, self._sub.durable, reason)

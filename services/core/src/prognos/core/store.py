@@ -282,6 +282,32 @@ class UnitOfWork:
         self.outbox: list[OutboxMessage] = []
         self.audit_entries: list[_audit.AuditEntry] = []
 
+    @asynccontextmanager
+    async def savepoint(
+        self, *, actor: str | None, correlation_id: str | None, causation_id: str | None
+    ) -> AsyncIterator[UnitOfWork]:
+        """One piece of work of its own inside this transaction (one message of a batch).
+
+        It writes with its own actor, correlation and causation; an exception rolls back
+        its writes alone (a SQL savepoint) and is raised again, and the rest of the
+        transaction goes on to commit.
+        """
+        saved = (self.actor, self.correlation_id, self.causation_id)
+        marks = (len(self.appended), len(self.outbox), len(self.audit_entries))
+        self.actor = actor or current_actor() or f"service:{self.service}"
+        self.correlation_id = correlation_id or str(uuid.uuid4())
+        self.causation_id = causation_id or ""
+        try:
+            async with self.conn.begin_nested():
+                yield self
+        except BaseException:
+            del self.appended[marks[0] :]
+            del self.outbox[marks[1] :]
+            del self.audit_entries[marks[2] :]
+            raise
+        finally:
+            self.actor, self.correlation_id, self.causation_id = saved
+
     async def load(self, stream_id: str) -> list[StoredEvent]:
         """The events of one stream, oldest first, as seen inside this transaction."""
         rows = await self.conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +19,7 @@ from prognos.registry.training.export import (
     export_serving,
     verify_export,
 )
+from prognos.registry.training.models import POOLINGS, RecurrentOptions, build_networks
 from prognos.registry.training.trainer import (
     TrainConfig,
     TrainedModel,
@@ -128,3 +130,34 @@ def test_verification_refuses_a_litert_model_that_differs(
 
     with pytest.raises(ExportMismatchError):
         verify_export(exported.saved_model, other.tflite, trained.verification_windows)
+
+
+def test_smoothing_inside_the_network_is_the_exponential_recurrence() -> None:
+    networks = build_networks("gru", 20, 3, 125.0, smoothing=0.3)
+    smoothed = keras.Model(networks.serving.input, networks.serving.get_layer("smoothed").output)
+    rows = np.random.default_rng(0).normal(size=(2, 20, 3)).astype(np.float32)
+
+    expected = rows.astype(np.float64).copy()
+    for t in range(1, 20):
+        expected[:, t] = 0.3 * rows[:, t] + 0.7 * expected[:, t - 1]
+    np.testing.assert_allclose(smoothed(rows).numpy(), expected, atol=1e-5)
+    assert not networks.serving.get_layer("smoothing").trainable_weights
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_an_ensemble_serves_the_clamped_mean_of_its_members(pooling: str) -> None:
+    options = RecurrentOptions(units=8, layers=2, pooling=pooling, dropout=0.1)
+    networks = build_networks("gru", 10, 3, 50.0, members=3, recurrent=options)
+    rows = np.random.default_rng(1).normal(size=(4, 10, 3)).astype(np.float32)
+
+    heads = networks.training(rows)
+    served = networks.serving(rows)
+    scaled = np.mean([heads[f"m{m}_rul_scaled"].numpy() for m in range(3)], axis=0)
+    probability = np.mean([heads[f"m{m}_probability"].numpy() for m in range(3)], axis=0)
+    np.testing.assert_allclose(served["rul"].numpy(), np.clip(scaled * 50.0, 0, 50), atol=1e-4)
+    np.testing.assert_allclose(served["failure_probability"].numpy(), probability, atol=1e-6)
+
+
+def test_an_unknown_pooling_is_refused() -> None:
+    with pytest.raises(ValueError, match="pooling"):
+        build_networks("gru", 10, 3, 50.0, recurrent=RecurrentOptions(pooling="max"))

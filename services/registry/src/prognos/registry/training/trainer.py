@@ -17,6 +17,7 @@ from prognos.registry.training.data import CYCLE, RUL, UNIT, add_rul
 from prognos.registry.training.models import (
     PROBABILITY_OUTPUT,
     RUL_OUTPUT,
+    RecurrentOptions,
     build_networks,
 )
 from prognos.registry.training.preprocessing import Preprocessing, reference_distributions
@@ -44,7 +45,9 @@ class TrainConfig:
     many independently initialised networks and serves their mean; ``age_feature`` adds the
     row's cycle (cycles since the unit's life began) as an input. It measured better (see
     MODEL_CARD.md) but is off by default: it needs a server that reads preprocessing
-    format 2.
+    format 2. ``units``, ``layers``, ``pooling`` and ``dropout`` shape the recurrent trunks
+    (``models.RecurrentOptions``); ``smoothing`` above zero smooths each feature along the
+    window inside the network (``models.build_networks``), so serving is unchanged.
     """
 
     window: int = 50
@@ -60,6 +63,11 @@ class TrainConfig:
     setting_decimals: tuple[int, ...] = (0, 2, 0)
     age_feature: bool = False
     verification_samples: int = 256
+    units: int = 48
+    layers: int = 1
+    pooling: str = "last"
+    dropout: float = 0.0
+    smoothing: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -187,6 +195,13 @@ def train(
         len(preprocessing.input_columns),
         config.rul_clip,
         members=config.members,
+        recurrent=RecurrentOptions(
+            units=config.units,
+            layers=config.layers,
+            pooling=config.pooling,
+            dropout=config.dropout,
+        ),
+        smoothing=config.smoothing,
     )
     targets: dict[str, np.ndarray] = {}
     losses: dict[str, str] = {}

@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     rul_clip: float = 125.0
     horizon_cycles: float = 30.0
-    members: int = 1
+    members: int = 3
     probability_weight: float = 0.05
     setting_decimals: tuple[int, ...] = (0, 2, 0)
     age_feature: bool = False

@@ -297,6 +297,7 @@ def train_and_export(
         epochs=epochs,
         batch=128,
         architecture="cnn",
+        members=1,
         seed=seed,
         rul_clip=125.0,
         horizon_cycles=30.0,

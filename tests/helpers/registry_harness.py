@@ -59,6 +59,7 @@ TINY = {
     "epochs": "1",
     "window": "12",
     "architecture": "cnn",
+    "members": "1",
     "batch": "64",
     "holdout_units": "2",
     "truncations": "2",

@@ -5,7 +5,7 @@ replica holds is forwarded to that replica once (with the caller's token, marked
 ``prognos-forwarded-by`` so it is never forwarded again); ``PredictBatch`` splits its
 assets by owner and asks the owners concurrently. Scoring runs on the worker threads,
 except a single window of a model fast enough that the hop to a thread would cost more
-(``_inline``).
+(``_INLINE_WINDOW_S``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 FORWARDED = "prognos-forwarded-by"
 _STREAM_QUEUE = 10_000
-_INLINE_BUDGET_S = 0.0005
+#: A model that scores one window within this (measured at load) does so on the event loop.
+_INLINE_WINDOW_S = 0.0002
 _PREDICTION_TYPE = events_pb2.PredictionMade.DESCRIPTOR.full_name
 
 
@@ -217,16 +218,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         once, in C, when there are several parts) and those are returned.
         """
         explain_at = self._live.attribution_threshold
-        if len(assets) == 1 and into is None and _inline(model):
+        if len(assets) == 1 and into is None and 0 < model.window_call_s <= _INLINE_WINDOW_S:
             # Handing one short window to a thread and back costs more than scoring it.
+            # Explaining it (one more model call per feature) is left to the threads.
             try:
-                scores = score(self._runner, model, raw, channels, explain_at=explain_at)
+                scores = score(self._runner, model, raw, channels, explain_at=None)
             except MissingChannelError as e:
                 raise FailedPreconditionError(
                     [("READINGS", f"asset_type/{model.asset_type}", str(e))],
                     reason="MISSING_CHANNELS",
                 ) from None
-            return predictions(scores, assets, start_us, end_us)
+            if explain_at is None or scores.probability[0] < explain_at:
+                return predictions(scores, assets, start_us, end_us)
         loop = asyncio.get_running_loop()
         parts = max(1, min(self._threads, len(assets) // 512))
         bounds = np.linspace(0, len(assets), parts + 1).astype(int)
@@ -537,17 +540,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         response.asset_count = count
         response.window_bytes = total_bytes
         return response
-
-
-def _inline(model: ServingModel) -> bool:
-    """Whether one window of ``model`` is scored on the event loop rather than a thread.
-
-    Only when scoring it, explained by occlusion (one more call per feature) at worst,
-    takes well under a millisecond as measured at load: less than the hop to a thread
-    and back costs on a busy machine, and short enough not to hold up other calls.
-    """
-    worst = model.window_call_s * (1 + len(model.preprocessing.features))
-    return 0 < worst <= _INLINE_BUDGET_S
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:

@@ -53,6 +53,7 @@ from prognos.core.tls import channel_credentials
 from prognos.inference.live import score_windows
 from prognos.inference.models import Artifact, ModelRunner, load_model
 from prognos.inference.scoring import AssetInfo
+from prognos.ingest.archive import ARCHIVE_DURABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPE = "turbofan"
@@ -162,6 +163,26 @@ async def load_windows(info: RunInfo, assets: int, rows: int) -> list[str]:
     await asyncio.wait_for(everyone.wait(), 300)
     await nc.drain()
     return [a.asset_id for a in fleet]
+
+
+async def settled(info: RunInfo) -> None:
+    """Wait until ingest's archive has stored every telemetry batch on the stream.
+
+    Loading the windows puts half a million readings on the stream at once; the archive
+    writes them out for a while after inference has scored them. Latency is measured in
+    the steady state after that burst, not during it.
+    """
+    nc = await nats.connect(info.nats_url)
+    try:
+        js = nc.jetstream()
+        for _ in range(1_200):  # 2 minutes at most
+            pending = await js.consumer_info("TELEMETRY", ARCHIVE_DURABLE)
+            if pending.num_pending == 0 and pending.num_ack_pending == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the archive did not catch up with the stream within 2 minutes")
+    finally:
+        await nc.drain()
 
 
 async def server_durations(info: RunInfo, method: str, last: int) -> dict[str, Any]:
@@ -507,6 +528,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with services(Path(tmp) / "data") as info:
             await serve_model(info, export)
             ids = await load_windows(info, args.batch_assets, args.window)
+            await settled(info)
             direct = await asyncio.to_thread(bench_predict_direct, info, ids, args.predict_calls)
             predict_server = await server_durations(info, "/Predict", args.predict_calls)
             cli_channel = await bench_predict(info, ids, args.predict_calls)

@@ -224,10 +224,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             try:
                 scores = score(self._runner, model, raw, channels, explain_at=None)
             except MissingChannelError as e:
-                raise FailedPreconditionError(
-                    [("READINGS", f"asset_type/{model.asset_type}", str(e))],
-                    reason="MISSING_CHANNELS",
-                ) from None
+                raise _missing_channels(model, e) from None
             if explain_at is None or scores.probability[0] < explain_at:
                 return predictions(scores, assets, start_us, end_us)
         loop = asyncio.get_running_loop()
@@ -248,10 +245,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
             )
         except MissingChannelError as e:
-            raise FailedPreconditionError(
-                [("READINGS", f"asset_type/{model.asset_type}", str(e))],
-                reason="MISSING_CHANNELS",
-            ) from None
+            raise _missing_channels(model, e) from None
         if into is not None:
             if not direct:
                 for holder in holders:
@@ -344,17 +338,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if forwarded:
                 owner = self._membership.replica_id
             groups.setdefault(owner, []).append(asset_id)
-        if list(groups) == [self._membership.replica_id]:
-            # All held here: scored straight into the response when all of one type.
-            response = inference_pb2.PredictBatchResponse()
-            found, failed = await self._score_many(asset_ids, into=response)
-            if not found and not failed:
-                return response
         results: dict[str, inference_pb2.Prediction] = {}
         errors: dict[str, inference_pb2.PredictionError] = {}
 
-        async def local(ids: list[str]) -> None:
-            found, failed = await self._score_many(ids)
+        async def local(ids: list[str], into: inference_pb2.PredictBatchResponse | None) -> None:
+            found, failed = await self._score_many(ids, into=into)
             results.update(found)
             errors.update(failed)
 
@@ -370,12 +358,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             results.update({p.asset_id: p for p in reply.predictions})
             errors.update({e.asset_id: e for e in reply.errors})
 
-        await asyncio.gather(
-            *(
-                local(ids) if owner == self._membership.replica_id else remote(owner, ids)
-                for owner, ids in groups.items()
+        if list(groups) == [self._membership.replica_id]:
+            # All held here: scored straight into the response when all of one type.
+            response = inference_pb2.PredictBatchResponse()
+            await local(asset_ids, response)
+            if not results and not errors:
+                return response
+        else:
+            await asyncio.gather(
+                *(
+                    local(ids, None) if owner == self._membership.replica_id else remote(owner, ids)
+                    for owner, ids in groups.items()
+                )
             )
-        )
         response = inference_pb2.PredictBatchResponse()
         response.predictions.extend(results[a] for a in asset_ids if a in results)
         response.errors.extend(errors[a] for a in asset_ids if a in errors)
@@ -540,6 +535,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         response.asset_count = count
         response.window_bytes = total_bytes
         return response
+
+
+def _missing_channels(model: ServingModel, error: MissingChannelError) -> PrognosError:
+    return FailedPreconditionError(
+        [("READINGS", f"asset_type/{model.asset_type}", str(error))], reason="MISSING_CHANNELS"
+    )
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:

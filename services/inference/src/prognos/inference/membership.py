@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +43,10 @@ def weight(member: str, key: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def owner(members: Iterable[str], key: str) -> str | None:
+def owner(members: Sequence[str], key: str) -> str | None:
     """The member that owns ``key``; None without members."""
+    if len(members) == 1:  # alone: no need to hash
+        return members[0]
     best, best_weight = None, -1
     for member in members:
         w = weight(member, key)
@@ -107,10 +109,7 @@ class Membership:
 
     def owner(self, key: str) -> str | None:
         """The member that owns ``key`` in the current view."""
-        view = self.view
-        if len(view) == 1:  # alone: no need to hash
-            return view[0]
-        return owner(view, key)
+        return owner(self.view, key)
 
     def address_of(self, replica_id: str) -> str:
         """The gRPC address a member announced ("" when unknown)."""

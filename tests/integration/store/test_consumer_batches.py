@@ -66,12 +66,16 @@ async def test_a_failing_message_rolls_back_alone_and_the_rest_of_its_batch_comm
     )
     for name in NAMES:  # all on the stream before the consumer fetches: one batch
         await js.publish("ingest.asset_type.registered", envelope(name))
+    commits: list[int] = []
+    store.on_audit.append(lambda: commits.append(1))  # once per commit that audited
     consumer = bus.Consumer(store, js, sub, batch_size=len(NAMES))
     consumer.start()
     await assert_eventually(lambda: consumer.processed == len(NAMES), timeout=15)
     await consumer.stop()
 
     assert attempts == {"pump": 1, "fan": 1, "bad": 2, "valve": 1, "gear": 1}
+    # The batch committed together (a commit a message would be one per success).
+    assert len(commits) < len(NAMES)
     async with store.reader() as conn:
         result = await audit.verify(conn)
         entries = [e async for e in audit.entries(conn)]

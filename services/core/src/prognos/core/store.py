@@ -269,15 +269,13 @@ class UnitOfWork:
         conn: AsyncConnection,
         *,
         service: str,
-        actor: str,
-        correlation_id: str,
-        causation_id: str,
+        actor: str | None,
+        correlation_id: str | None,
+        causation_id: str | None,
     ) -> None:
         self.conn = conn
         self.service = service
-        self.actor = actor
-        self.correlation_id = correlation_id
-        self.causation_id = causation_id
+        self._scope(actor, correlation_id, causation_id)
         self.appended: list[StoredEvent] = []
         self.outbox: list[OutboxMessage] = []
         self.audit_entries: list[_audit.AuditEntry] = []
@@ -294,9 +292,7 @@ class UnitOfWork:
         """
         saved = (self.actor, self.correlation_id, self.causation_id)
         marks = (len(self.appended), len(self.outbox), len(self.audit_entries))
-        self.actor = actor or current_actor() or f"service:{self.service}"
-        self.correlation_id = correlation_id or str(uuid.uuid4())
-        self.causation_id = causation_id or ""
+        self._scope(actor, correlation_id, causation_id)
         try:
             async with self.conn.begin_nested():
                 yield self
@@ -307,6 +303,14 @@ class UnitOfWork:
             raise
         finally:
             self.actor, self.correlation_id, self.causation_id = saved
+
+    def _scope(
+        self, actor: str | None, correlation_id: str | None, causation_id: str | None
+    ) -> None:
+        """Who acts and why: the acting principal (else this service), a new correlation."""
+        self.actor = actor or current_actor() or f"service:{self.service}"
+        self.correlation_id = correlation_id or str(uuid.uuid4())
+        self.causation_id = causation_id or ""
 
     async def load(self, stream_id: str) -> list[StoredEvent]:
         """The events of one stream, oldest first, as seen inside this transaction."""
@@ -550,9 +554,9 @@ class EventStore:
             uow = UnitOfWork(
                 conn,
                 service=self.service,
-                actor=actor or current_actor() or f"service:{self.service}",
-                correlation_id=correlation_id or str(uuid.uuid4()),
-                causation_id=causation_id or "",
+                actor=actor,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
             )
             yield uow
             await uow._flush_outbox()

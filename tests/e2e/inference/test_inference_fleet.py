@@ -173,7 +173,8 @@ async def test_a_second_replica_takes_over_part_and_a_killed_one_leaves_no_asset
             assert [r.replica_id for r in state.replicas] == ["inference-2"]
             assert {w.asset_id for w in state.windows} == IDS
             # The windows came back whole: rebuilt from the stream, not just new rows.
-            assert min(w.rows for w in state.windows) >= 30
+            short = [(w.asset_id, w.rows, w.rebuilding) for w in state.windows if w.rows < 30]
+            assert not short, (short[:5], len(short))
         finally:
             stop.set()
             await streaming

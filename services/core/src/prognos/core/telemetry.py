@@ -25,7 +25,6 @@ import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_name
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -489,8 +488,21 @@ def current_traceparent() -> tuple[str, str]:
 # --- gRPC -------------------------------------------------------------------------------
 
 
-def _traced_calls() -> Any:
-    return negate(any_of(*(service_name(name) for name in _UNTRACED_SERVICES)))
+_UNTRACED_PREFIXES = tuple(f"/{name}/" for name in _UNTRACED_SERVICES)
+
+
+def _traced(details: Any) -> bool:
+    """Whether a call is traced: all but health and reflection.
+
+    The instrumentation's own ``negate(any_of(service_name(...)))`` filter checks the call
+    details against runtime protocols on every call (tens of microseconds); a prefix test
+    on the method name decides the same thing. Client call details may carry the method
+    as bytes (grpc/grpc#31092).
+    """
+    method = details.method
+    if isinstance(method, bytes):
+        method = method.decode()
+    return not method.startswith(_UNTRACED_PREFIXES)
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
@@ -498,12 +510,12 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
 
     Put them first so that the span is current in every later interceptor and handler.
     """
-    return [aio_server_interceptor(filter_=_traced_calls())]
+    return [aio_server_interceptor(filter_=_traced)]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """The grpc.aio client interceptors that trace each call and send its trace context."""
-    result: list[grpc.aio.ClientInterceptor] = aio_client_interceptors(filter_=_traced_calls())
+    result: list[grpc.aio.ClientInterceptor] = aio_client_interceptors(filter_=_traced)
     return result
 
 

@@ -108,7 +108,10 @@ class OutboxRelay:
         store: the service's event store (the outbox lives in its database).
         js: a JetStream context.
         batch_size: outbox rows published per round trip.
-        poll_s: how often to look for work when not woken by a commit.
+        poll_s: how often to look for work when no commit woke it. Every commit of this
+            process that queues messages wakes the relay at once, so this is a safety net
+            (rows written by another process); polling often costs an idle service a
+            database round trip each time.
         crash_at: fault injection (``"before_publish:N"`` / ``"after_publish:N"``), tests only.
     """
 
@@ -118,7 +121,7 @@ class OutboxRelay:
         js: JetStreamContext,
         *,
         batch_size: int = 500,
-        poll_s: float = 0.2,
+        poll_s: float = 2.0,
         publish_timeout_s: float = 10.0,
         crash_at: str | None = None,
     ) -> None:
@@ -162,6 +165,8 @@ class OutboxRelay:
         """Relay until ``stop``; transient NATS or database failures are retried."""
         backoff = self._poll_s
         while not self._stopping:
+            # Cleared before the round, not after: a commit during the round wakes the next.
+            self._wake.clear()
             try:
                 while await self.relay_once() == self._batch_size:
                     pass
@@ -171,7 +176,6 @@ class OutboxRelay:
             except Exception:
                 log.warning("outbox relay failed; retrying in %.1fs", backoff, exc_info=True)
                 backoff = min(backoff * 2, 5.0)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), backoff)
             except TimeoutError:

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
     relay_batch_size: int = 500
-    relay_poll_s: float = 0.2
+    relay_poll_s: float = 2.0
     consumer_batch_size: int = 100
     consumer_max_deliver: int = 10
     request_timeout_s: float = 10.0

@@ -36,6 +36,9 @@ _CMAPSS_ALIASES = (
 )
 
 
+_RESOLVED_KEPT = 64  # channel lists remembered by ``resolve``
+
+
 class PreprocessingFormatError(ValueError):
     """The preprocessing JSON is not in a format this service reads."""
 
@@ -112,11 +115,27 @@ class ServingPreprocessing:
         return None
 
     def resolve(self, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Indices into ``channels`` of the settings and of the features.
+        """Indices into ``channels`` of the settings and of the features (read-only arrays).
+
+        Remembered per channel list: live windows of one asset type always have the same.
 
         Raises:
             MissingChannelError: Some column has no channel.
         """
+        key = tuple(channels)
+        known = self._resolved.get(key)
+        if known is None:
+            known = self._resolve(key)
+            if len(self._resolved) >= _RESOLVED_KEPT:
+                self._resolved.clear()  # readings sent in requests may name any channels
+            self._resolved[key] = known
+        return known
+
+    @cached_property
+    def _resolved(self) -> dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]:
+        return {}
+
+    def _resolve(self, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         settings, features, missing = [], [], []
         for target, columns in ((settings, self.setting_columns), (features, self.features)):
             for column in columns:
@@ -127,7 +146,10 @@ class ServingPreprocessing:
                     target.append(channels.index(channel))
         if missing:
             raise MissingChannelError(missing)
-        return np.asarray(settings, np.int64), np.asarray(features, np.int64)
+        resolved = np.asarray(settings, np.int64), np.asarray(features, np.int64)
+        for index in resolved:
+            index.flags.writeable = False
+        return resolved
 
     def inputs(self, raw: np.ndarray, resolved: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """The model input of a batch of raw windows.
@@ -164,6 +186,15 @@ class ServingPreprocessing:
         return values
 
     @cached_property
+    def _scaled_centroids(self) -> np.ndarray:
+        return self.regime_centroids / self.setting_steps
+
+    @cached_property
+    def _centroid_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        centroids = self._scaled_centroids
+        return -2.0 * centroids.T, (centroids * centroids).sum(axis=1)
+
+    @cached_property
     def _means32(self) -> np.ndarray:
         return self.means.astype(np.float32)
 
@@ -175,7 +206,7 @@ class ServingPreprocessing:
         """Nearest regime of each row of ``(..., settings)``; NaN settings are ignored."""
         if len(self.regime_centroids) == 1:
             return np.zeros(settings.shape[:-1], np.int64)
-        centroids = self.regime_centroids / self.setting_steps
+        centroids = self._scaled_centroids
         scaled = settings / self.setting_steps
         if np.isnan(scaled).any():
             # Squared distances over the settings each row has (a NaN setting is ignored).
@@ -183,7 +214,8 @@ class ServingPreprocessing:
             distance = np.nansum(gaps * gaps, axis=-1)
         else:
             # |s - c|^2 = |s|^2 - 2 s.c + |c|^2, and |s|^2 is the same for every centroid.
-            distance = scaled @ (-2.0 * centroids.T) + (centroids * centroids).sum(axis=1)
+            product, norms = self._centroid_terms
+            distance = scaled @ product + norms
         # The first of equally near centroids wins, as in the training code.
         return np.argmin(distance, axis=-1)
 

@@ -161,3 +161,23 @@ def test_windows_need_rows() -> None:
     slot = table.slot("p1")
     with pytest.raises(ValueError, match="at least one row"):
         table.windows([slot], 2)
+
+
+@pytest.mark.parametrize("length", [3, 5, 8])
+def test_one_asset_reads_the_same_window_as_a_batch_and_a_copy_of_it(length: int) -> None:
+    table = WindowTable("pump", capacity=8)
+    times, (a, b) = rows([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [5, 4, 3, 2, 1])
+    apply(table, "p1", times, ["a", "b"], [a, b])
+    apply(table, "p2", times[:2], ["a", "b"], [a[:2], b[:2]])
+    one = table.slot("p1")
+
+    alone = table.windows([one], length)
+    together = table.windows([table.slot("p2"), one], length)
+
+    for single, batched in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(single[0], batched[1])
+        assert single.shape[0] == 1 and single.dtype == batched.dtype
+    values = alone[0]
+    times, (a, b) = rows([6], [60], [0])
+    apply(table, "p1", times, ["a", "b"], [a, b])
+    assert 60 not in values  # what was read stays as it was when the table moves on

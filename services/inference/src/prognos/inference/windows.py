@@ -299,8 +299,18 @@ class WindowTable:
             ``(values, start_us, end_us)``: ``(len(slots), length, channels)`` float32 raw
             values (NaN: no reading), and each window's first and last reading time.
         """
-        slots = np.asarray(slots, np.int64)
         cap = self.capacity
+        if len(slots) == 1 and length <= cap:
+            # One asset (Predict): slices instead of index arrays, when it holds enough rows.
+            slot = int(slots[0])
+            if self._counts[slot] >= length:
+                first = cap - length
+                return (
+                    self._values[slot : slot + 1, first:].copy(),
+                    self._times[slot, first : first + 1].copy(),
+                    self._times[slot, cap - 1 :].copy(),
+                )
+        slots = np.asarray(slots, np.int64)
         counts = self._counts[slots]
         if np.any(counts < 1):
             raise ValueError("a window needs at least one row")

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from prognos.core import telemetry
 from prognos.core.config import Settings
+from prognos.core.errors import NotFoundError
 from prognos.core.server import GrpcServer
 
 ECHO = "prognos.test.v1.TracedEcho"
@@ -35,11 +36,35 @@ async def _count(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
         yield str(i).encode()
 
 
+async def _missing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    raise NotFoundError("asset", "nowhere")
+
+
+async def _broken(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    raise RuntimeError("the handler broke")
+
+
+async def _overloaded(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "come back later")
+    raise AssertionError("abort returns no more")
+
+
+async def _count_then_break(
+    request: bytes, context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    yield b"0"
+    raise RuntimeError("the stream broke")
+
+
 HANDLER = grpc.method_handlers_generic_handler(
     ECHO,
     {
         "WhoAmI": grpc.unary_unary_rpc_method_handler(_whoami, _same, _same),
         "Count": grpc.unary_stream_rpc_method_handler(_count, _same, _same),
+        "Missing": grpc.unary_unary_rpc_method_handler(_missing, _same, _same),
+        "Broken": grpc.unary_unary_rpc_method_handler(_broken, _same, _same),
+        "Overloaded": grpc.unary_unary_rpc_method_handler(_overloaded, _same, _same),
+        "CountThenBreak": grpc.unary_stream_rpc_method_handler(_count_then_break, _same, _same),
     },
 )
 
@@ -103,6 +128,62 @@ async def test_streaming_calls_are_traced_too(settings: Settings, server: GrpcSe
     assert telemetry.flush()
     kinds = sorted(s.kind for s in telemetry.read_spans(settings.spans_dir, trace_id))
     assert kinds == ["CLIENT", "INTERNAL", "SERVER"]
+
+
+@pytest.mark.parametrize(
+    ("method", "code", "status", "message"),
+    [
+        # The caller's mistake: the code is recorded, the span is not an error.
+        ("Missing", grpc.StatusCode.NOT_FOUND, "UNSET", ""),
+        # The server's fault, named by the exception that caused it.
+        ("Broken", grpc.StatusCode.INTERNAL, "ERROR", "RuntimeError: the handler broke"),
+        # A handler's own abort with a server-side code: the code and its details.
+        ("Overloaded", grpc.StatusCode.UNAVAILABLE, "ERROR", "come back later"),
+    ],
+)
+async def test_a_failed_call_records_its_code_and_the_servers_faults_as_errors(
+    settings: Settings,
+    server: GrpcServer,
+    method: str,
+    code: grpc.StatusCode,
+    status: str,
+    message: str,
+) -> None:
+    async with telemetry.insecure_channel(server.address) as channel:
+        with telemetry.tracer("tests.client").start_as_current_span("failing call"):
+            trace_id = telemetry.current_trace_id()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await channel.unary_unary(f"/{ECHO}/{method}")(b"", timeout=5)
+    assert raised.value.code() == code
+    assert telemetry.flush()
+    (served,) = [
+        s for s in telemetry.read_spans(settings.spans_dir, trace_id) if s.kind == "SERVER"
+    ]
+    assert served.attributes["rpc.grpc.status_code"] == code.value[0]
+    assert served.attributes["rpc.service"] == ECHO and served.attributes["rpc.method"] == method
+    assert served.status == status
+    assert message in served.status_message
+
+
+async def test_a_stream_that_breaks_midway_ends_its_span_as_an_error(
+    settings: Settings, server: GrpcServer
+) -> None:
+    received = []
+    async with telemetry.insecure_channel(server.address) as channel:
+        with telemetry.tracer("tests.client").start_as_current_span("broken stream"):
+            trace_id = telemetry.current_trace_id()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for message in channel.unary_stream(f"/{ECHO}/CountThenBreak")(
+                    b"", timeout=5
+                ):
+                    received.append(message)
+    assert received == [b"0"] and raised.value.code() == grpc.StatusCode.INTERNAL
+    assert telemetry.flush()
+    (served,) = [
+        s for s in telemetry.read_spans(settings.spans_dir, trace_id) if s.kind == "SERVER"
+    ]
+    assert served.status == "ERROR" and "the stream broke" in served.status_message
+    assert served.end_unix_ns >= served.start_unix_ns
 
 
 async def test_health_checks_are_not_traced(settings: Settings, server: GrpcServer) -> None:

@@ -10,21 +10,24 @@ their headers through ``inject_headers`` / ``extract_context``.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import grpc
 import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LOG_FORMAT",
     "JsonLinesSpanExporter",
+    "ServerTracingInterceptor",
     "SpanRecord",
     "TraceContextFilter",
     "client_interceptors",
@@ -505,12 +509,153 @@ def _traced(details: Any) -> bool:
     return not method.startswith(_UNTRACED_PREFIXES)
 
 
+# The span status of a server call by its gRPC code, as OpenTelemetry's semantic
+# conventions (and opentelemetry-instrumentation-grpc) have it: only these codes are
+# the server's fault; the others are the caller's and leave the status unset.
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class ServerTracingInterceptor(grpc.aio.ServerInterceptor):
+    """One SERVER span per call (health and reflection excepted), child of the caller's.
+
+    The span carries what opentelemetry-instrumentation-grpc's server interceptor records
+    (``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``, the peer
+    and its user agent) and the same status rule, and it is current while the handler
+    runs. It is built on the OpenTelemetry API directly: the instrumentation spends about
+    0.2 ms of every call in layers of context managers and a proxy around the servicer
+    context (``bench_inference.py`` measures a call on a hot path), while the code and
+    details a handler set are read back from the context once the call is done.
+    """
+
+    def __init__(self) -> None:
+        self._tracer = trace.get_tracer("prognos.core.grpc")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not _traced(handler_call_details):
+            return handler
+        method = handler_call_details.method
+        options = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method), **options
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method), **options
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method), **options
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, method), **options
+        )
+
+    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            span, token = self._start(method, context)
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except BaseException as error:
+                _record(span, error)
+                raise
+            finally:
+                self._end(span, token, context)
+
+        return traced
+
+    def _stream(
+        self, behavior: Callable[..., Any], method: str
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            span, token = self._start(method, context)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    await result  # the handler writes with context.write()
+                elif hasattr(result, "__aiter__"):
+                    async for response in result:
+                        yield response
+                elif result is not None:
+                    for response in result:
+                        yield response
+            except BaseException as error:
+                _record(span, error)
+                raise
+            finally:
+                self._end(span, token, context)
+
+        return traced
+
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, object]:
+        metadata = {item.key: item.value for item in context.invocation_metadata() or ()}
+        service, _, name = method.lstrip("/").partition("/")
+        attributes: dict[str, Any] = {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+            "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
+        }
+        agent = metadata.get("user-agent")
+        if agent:
+            attributes["rpc.user_agent"] = agent
+        peer = context.peer()  # ipv4:127.0.0.1:57284, ipv6:[::1]:57284, unix:...
+        if peer and not peer.startswith("unix:"):
+            ip, _, port = peer.split(",")[0].partition(":")[2].rpartition(":")
+            attributes["net.peer.ip"] = unquote(ip)
+            attributes["net.peer.port"] = port
+        parent = propagate.extract(metadata)
+        span = self._tracer.start_span(
+            method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def _end(span: Any, token: object, context: grpc.aio.ServicerContext) -> None:
+        try:
+            code = context.code()
+            if code is not None and code != grpc.StatusCode.OK:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                # A status the error interceptor already set (an unexpected exception,
+                # named by its type) is more telling than the code's.
+                unset = getattr(span, "status", None) is None or span.status.is_unset
+                if code in _SERVER_FAULTS and unset:
+                    span.set_status(trace.StatusCode.ERROR, f"{code}:{context.details()}")
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+
+def _record(span: Any, error: BaseException) -> None:
+    if isinstance(error, grpc.aio.AbortError | asyncio.CancelledError):
+        return  # an abort is a status, read from the context; a cancel is the caller's
+    span.record_exception(error)
+
+
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The grpc.aio server interceptors that trace each call (health and reflection excepted).
 
     Put them first so that the span is current in every later interceptor and handler.
     """
-    return [aio_server_interceptor(filter_=_traced)]
+    return [ServerTracingInterceptor()]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

@@ -225,6 +225,9 @@ class ModelRunner:
         """
         interpreter = self._interpreter(model)
         windows = np.ascontiguousarray(windows, np.float32)
+        if len(windows) <= CHUNK:
+            r, p = interpreter(windows)
+            return r.astype(np.float64), p.astype(np.float64)
         rul = np.empty(len(windows), np.float64)
         probability = np.empty(len(windows), np.float64)
         for start in range(0, len(windows), CHUNK):

@@ -137,7 +137,6 @@ async def test_a_checkpoint_is_signed_published_and_verifiable(anchored: Anchore
     assert await anchored.anchor.checkpoint(only_if_moved=True) is None
 
 
-
 async def test_two_writers_of_one_chain_never_report_a_cut_nor_move_the_anchor_back(
     anchored: Anchored, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -28,9 +28,9 @@ def apply(
 def test_keeps_the_newest_rows_in_time_order_within_its_capacity() -> None:
     table = WindowTable("pump", capacity=4)
     times, (a, b) = rows([1, 2, 3], [10, 20, 30], [1, 2, 3])
-    assert apply(table, "p1", times, ["a", "b"], [a, b], seq=5)
+    assert apply(table, "p1", times, ["a", "b"], [a, b])
     times, (a, b) = rows([4, 5, 6], [40, 50, 60], [4, 5, 6])
-    assert apply(table, "p1", times, ["a", "b"], [a, b], seq=6)
+    assert apply(table, "p1", times, ["a", "b"], [a, b])
 
     slot = table.slot_of("p1")
     assert slot is not None
@@ -38,18 +38,6 @@ def test_keeps_the_newest_rows_in_time_order_within_its_capacity() -> None:
     assert values[0, :, 0].tolist() == [30, 40, 50, 60]
     assert (int(start[0]), int(end[0])) == (3, 6)
     assert table.count(slot) == 4
-    assert table.low_sequence() == 5  # row 3 came in message 5
-
-
-def test_the_low_sequence_leaves_out_assets_idle_since_the_horizon() -> None:
-    table = WindowTable("pump", capacity=4)
-    times, (a,) = rows([1, 2], [1, 2])
-    apply(table, "idle", times, ["a"], [a], seq=3, applied_at=100)
-    apply(table, "busy", times, ["a"], [a], seq=9, applied_at=200)
-
-    assert table.low_sequence(since=0) == 3
-    assert table.low_sequence(since=150) == 9
-    assert table.low_sequence(since=300) == 0
 
 
 def test_a_short_history_is_padded_at_the_front_with_its_oldest_row() -> None:
@@ -113,7 +101,7 @@ def test_memory_per_asset_is_fixed_and_a_dropped_asset_frees_its_slot() -> None:
     for t in range(2, 200):
         apply(table, "p0", *_one(t, "a", float(t)))
 
-    assert table.asset_bytes() == per_asset == 10 * (4 + 8 + 8)
+    assert table.asset_bytes() == per_asset == 10 * (4 + 8)  # float32 value, int64 time
     stats = {s.asset_id: s for s in table.stats()}
     assert stats["p0"].rows == 10 and stats["p0"].last_reading_us == 199
     table.drop("p3")

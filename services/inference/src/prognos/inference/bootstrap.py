@@ -101,12 +101,11 @@ def assemble(runtime: Runtime) -> Inference:
     auditor = AlertAuditor(runtime.store)
     live_ref: list[LiveScorer] = []
 
-    def announce() -> tuple[str, int]:
+    def announce() -> str:
         try:
-            address = runtime.server.address
+            return runtime.server.address
         except RuntimeError:
-            address = ""
-        return address, live_ref[0].low_sequence() if live_ref else 0
+            return ""  # not listening yet
 
     membership = Membership(
         runtime.js,

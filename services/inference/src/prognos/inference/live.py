@@ -307,12 +307,6 @@ class LiveScorer:
         self._rebuilds.append(rebuild)
         self._spawn(self._rebuild(rebuild))
 
-    def low_sequence(self) -> int:
-        """Oldest stream sequence the windows of recently active assets still need."""
-        since = time.time() - self._settings.inference_rebuild_lookback_s
-        seqs = [seq for table in self.tables.values() if (seq := table.low_sequence(since))]
-        return min(seqs) if seqs else 0
-
     # -- consuming ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -372,17 +366,14 @@ class LiveScorer:
         batch = ingest_pb2.TelemetryBatch.FromString(msg.data)
         times, names, values = batch_columns(batch)
         table = self._table(asset_type)
-        seq = msg.metadata.sequence.stream if msg.reply else 0
         headers = msg.headers or {}
         changed = table.apply(
             asset_id,
             times,
             names,
             values,
-            seq=seq,
             message_id=headers.get("Nats-Msg-Id", ""),
             traceparent=headers.get("traceparent", ""),
-            applied_at=time.time(),
         )
         if changed and rebuild is None and not self.rebuilding(asset_id):
             self._mark(asset_type, asset_id)
@@ -441,9 +432,8 @@ class LiveScorer:
         )
 
     def _replay_from(self, rebuild: _Rebuild) -> api.ConsumerConfig:
-        # From inference_rebuild_lookback_s back. The previous owners' announced low_seq
-        # was once the start, but after a SIGKILL it left one asset's window short in
-        # about one failover in three (tests/e2e/inference/test_inference_fleet.py).
+        # From inference_rebuild_lookback_s back: the windows of assets active in that
+        # time, whoever held them before.
         since = datetime.now(UTC) - timedelta(seconds=self._settings.inference_rebuild_lookback_s)
         return api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=since

@@ -1,6 +1,6 @@
 """Replicas sharing the telemetry stream: membership in a KV bucket, assets by rendezvous hash.
 
-Every replica puts ``{address, low_seq}`` under its id in the ``inference_replicas`` KV
+Every replica puts ``{address}`` under its id in the ``inference_replicas`` KV
 bucket once a heartbeat; the bucket's TTL removes the key of a replica that stopped
 putting it (a server marker tells every watcher), and a replica that stops cleanly deletes
 its key. Each replica watches the bucket, so all of them see the same member set within
@@ -8,9 +8,9 @@ a heartbeat (and within the TTL after a crash).
 
 An asset belongs to the member with the highest ``hash(member, asset)`` (rendezvous
 hashing): every replica computes the same owner without talking to the others, and a
-member joining or leaving moves only the assets it takes or held. ``low_seq`` is the oldest
-telemetry stream sequence the replica's windows still need; whoever takes over a member's
-assets replays the stream from there to rebuild their windows.
+member joining or leaving moves only the assets it takes or held; whoever takes over
+assets replays the telemetry stream of the last ``inference_rebuild_lookback_s`` to rebuild
+their windows.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class Member:
 
     replica_id: str
     address: str
-    low_seq: int
     heard_at: float
 
 
@@ -76,7 +75,7 @@ class Membership:
         replica_id: This replica's id.
         heartbeat_s: How often to announce this replica.
         ttl_s: How long a silent replica counts as alive.
-        announce: Returns this replica's ``(address, low_seq)`` for each heartbeat.
+        announce: Returns this replica's address ("" until it listens) for each heartbeat.
     """
 
     def __init__(
@@ -86,7 +85,7 @@ class Membership:
         *,
         heartbeat_s: float,
         ttl_s: float,
-        announce: Callable[[], tuple[str, int]],
+        announce: Callable[[], str],
     ) -> None:
         self._js = js
         self.replica_id = replica_id
@@ -95,8 +94,6 @@ class Membership:
         self._announce = announce
         self._kv: KeyValue | None = None
         self._members: dict[str, Member] = {}
-        #: Every member ever heard of, with its last announcement (for its low_seq).
-        self.last_heard: dict[str, Member] = {}
         self.view: tuple[str, ...] = ()
         self._listeners: list[ViewListener] = []
         self._stopping = False
@@ -163,15 +160,11 @@ class Membership:
         self._recompute()
 
     def _self_member(self) -> Member:
-        address, low_seq = self._announce()
-        return Member(self.replica_id, address, low_seq, time.monotonic())
+        return Member(self.replica_id, self._announce(), time.monotonic())
 
     async def _put(self) -> None:
         assert self._kv is not None
-        address, low_seq = self._announce()
-        await self._kv.put(
-            self.replica_id, json.dumps({"address": address, "low_seq": low_seq}).encode()
-        )
+        await self._kv.put(self.replica_id, json.dumps({"address": self._announce()}).encode())
 
     def _apply(self, entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE") or entry.value is None:
@@ -181,11 +174,9 @@ class Membership:
             value = json.loads(entry.value)
         except ValueError:
             return
-        member = Member(
-            entry.key, str(value.get("address", "")), int(value.get("low_seq", 0)), time.monotonic()
+        self._members[entry.key] = Member(
+            entry.key, str(value.get("address", "")), time.monotonic()
         )
-        self._members[entry.key] = member
-        self.last_heard[entry.key] = member
 
     async def _watch(self, watcher: Any) -> None:
         try:

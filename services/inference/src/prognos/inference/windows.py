@@ -56,12 +56,9 @@ class WindowTable:
         self._free: list[int] = []
         self._values = np.full((0, capacity, 0), np.nan, VALUE_DTYPE)
         self._times = np.zeros((0, capacity), np.int64)
-        self._seqs = np.zeros((0, capacity), np.int64)
         self._counts = np.zeros(0, np.int64)
         #: Rows added to each asset since ``take_new_rows`` last asked.
         self._new_rows = np.zeros(0, np.int64)
-        #: When each asset's newest batch was applied (``time.time()``; 0 for none).
-        self._applied_at = np.zeros(0, np.float64)
         #: Id of the newest telemetry message applied to each asset.
         self.last_message: list[str] = []
         #: W3C trace context of that message ("" when it carried none), which the asset's
@@ -112,10 +109,8 @@ class WindowTable:
         self._assets[slot] = None
         self._values[slot] = np.nan
         self._times[slot] = 0
-        self._seqs[slot] = 0
         self._counts[slot] = 0
         self._new_rows[slot] = 0
-        self._applied_at[slot] = 0.0
         self.last_message[slot] = ""
         self.last_trace[slot] = ""
         self._free.append(slot)
@@ -127,10 +122,8 @@ class WindowTable:
         values[:old] = self._values
         self._values = values
         self._times = _grown(self._times, new)
-        self._seqs = _grown(self._seqs, new)
         self._counts = _grown(self._counts, new)
         self._new_rows = _grown(self._new_rows, new)
-        self._applied_at = _grown(self._applied_at, new)
         self._assets.extend([None] * (new - old))
         self.last_message.extend([""] * (new - old))
         self.last_trace.extend([""] * (new - old))
@@ -157,7 +150,6 @@ class WindowTable:
             axis=1,
         )
         self._times = np.concatenate([np.zeros((assets, extra), np.int64), self._times], axis=1)
-        self._seqs = np.concatenate([np.zeros((assets, extra), np.int64), self._seqs], axis=1)
         self.capacity = rows
 
     # -- writing --------------------------------------------------------------------------
@@ -176,10 +168,8 @@ class WindowTable:
         channels: Sequence[str],
         values: np.ndarray,
         *,
-        seq: int = 0,
         message_id: str = "",
         traceparent: str = "",
-        applied_at: float = 0.0,
     ) -> bool:
         """Merge a batch of readings into the asset's window.
 
@@ -188,10 +178,8 @@ class WindowTable:
             times_us: Reading times (microseconds), strictly ascending.
             channels: Channel name of each column of ``values``.
             values: ``(rows, channels)`` readings; NaN is "no reading".
-            seq: Stream sequence of the message the rows came in.
             message_id: Id of that message (the newest one is remembered).
             traceparent: Its W3C trace context, remembered with its id.
-            applied_at: The time now (``time.time()``), remembered for ``low_sequence``.
 
         Returns:
             Whether the window changed.
@@ -201,7 +189,6 @@ class WindowTable:
             return False
         columns = self._columns(tuple(channels))
         slot = self.slot(asset_id)
-        self._applied_at[slot] = applied_at
         count = int(self._counts[slot])
         cap = self.capacity
         if message_id:
@@ -215,15 +202,13 @@ class WindowTable:
             if shift:
                 block[:shift] = block[keep:]
                 self._times[slot, :shift] = self._times[slot, keep:]
-                self._seqs[slot, :shift] = self._seqs[slot, keep:]
             block[shift:] = np.nan
             block[shift:, columns] = values[n - keep :]
             self._times[slot, shift:] = times_us[n - keep :]
-            self._seqs[slot, shift:] = seq
             self._counts[slot] = min(cap, count + keep)
             self._new_rows[slot] = min(cap, int(self._new_rows[slot]) + keep)
             return True
-        return self._merge(slot, times_us, columns, values, seq)
+        return self._merge(slot, times_us, columns, values)
 
     def _merge(
         self,
@@ -231,7 +216,6 @@ class WindowTable:
         times_us: np.ndarray,
         columns: np.ndarray,
         values: np.ndarray,
-        seq: int,
     ) -> bool:
         """Merge rows that are not all newer than the window (late or replayed data)."""
         cap = self.capacity
@@ -242,22 +226,19 @@ class WindowTable:
         incoming[:, columns] = values
         times = np.concatenate([held_times, times_us])
         rows = np.concatenate([held, incoming])
-        seqs = np.concatenate([self._seqs[slot, cap - count :], np.full(len(times_us), seq)])
         order = np.argsort(times, kind="stable")
-        times, rows, seqs = times[order], rows[order], seqs[order]
+        times, rows = times[order], rows[order]
         unique, first = np.unique(times, return_index=True)
         if len(unique) != len(times):
             # Same time twice: the later (incoming) values fill in or replace the held ones.
             merged = rows[first].copy()
-            merged_seqs = seqs[first].copy()
             group = np.searchsorted(unique, times)
             for i in np.flatnonzero(np.r_[False, times[1:] == times[:-1]]):
                 present = ~np.isnan(rows[i])
                 merged[group[i], present] = rows[i, present]
-                merged_seqs[group[i]] = max(merged_seqs[group[i]], seqs[i])
-            times, rows, seqs = unique, merged, merged_seqs
+            times, rows = unique, merged
         keep = min(len(times), cap)
-        times, rows, seqs = times[-keep:], rows[-keep:], seqs[-keep:]
+        times, rows = times[-keep:], rows[-keep:]
         before = self._values[slot, cap - count :]
         if (
             keep == count
@@ -270,8 +251,6 @@ class WindowTable:
         self._values[slot, cap - keep :] = rows
         self._times[slot] = 0
         self._times[slot, cap - keep :] = times
-        self._seqs[slot] = 0
-        self._seqs[slot, cap - keep :] = seqs
         self._counts[slot] = keep
         self._new_rows[slot] = min(cap, int(self._new_rows[slot]) + new_rows)
         return True
@@ -358,27 +337,9 @@ class WindowTable:
         self._new_rows[slots] = 0
         return taken
 
-    def low_sequence(self, since: float = 0.0) -> int:
-        """Smallest stream sequence among the rows of assets applied to since ``since``.
-
-        Args:
-            since: Leave out assets whose newest batch is older (``time.time()``): an idle
-                asset would otherwise hold the sequence back forever.
-
-        Returns:
-            The sequence, or 0 when no row qualifies.
-        """
-        active = self._applied_at >= since
-        active &= self._counts > 0
-        if not active.any():
-            return 0
-        seqs = self._seqs[active]
-        held = seqs[seqs > 0]
-        return int(held.min()) if len(held) else 0
-
     def asset_bytes(self) -> int:
         """Memory reserved per asset, in bytes."""
-        per_row = len(self.channels) * np.dtype(VALUE_DTYPE).itemsize + 8 + 8
+        per_row = len(self.channels) * np.dtype(VALUE_DTYPE).itemsize + 8  # values, time
         return self.capacity * per_row
 
     def stats(self) -> list[WindowStats]:

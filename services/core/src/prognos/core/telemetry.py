@@ -3,7 +3,8 @@
 ``setup(settings)`` runs once in ``main``. Spans go to an OTLP collector when
 ``settings.otlp_endpoint`` is set, otherwise to ``<spans_dir>/<service>.jsonl``, one JSON
 object per line, which ``read_spans`` (and ``prognos trace show``) reads back. gRPC calls are
-traced by opentelemetry-instrumentation-grpc's grpc.aio interceptors, database statements by
+traced by ``ServerTracingInterceptor`` on servers and opentelemetry-instrumentation-grpc's
+grpc.aio interceptors on clients, database statements by
 opentelemetry-instrumentation-sqlalchemy, and NATS messages carry the W3C trace context in
 their headers through ``inject_headers`` / ``extract_context``.
 """

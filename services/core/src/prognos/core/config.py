@@ -186,8 +186,8 @@ class Settings(BaseSettings):
     inference_attribution_threshold: float | None = None
     # Inference replicas: each announces itself in a KV bucket every heartbeat; one unheard
     # of for inference_member_ttl_s is gone, and its assets move to the others, which
-    # rebuild their windows from the telemetry stream (from where the previous owner said
-    # its windows start, else inference_rebuild_lookback_s back).
+    # rebuild their windows from the telemetry stream of the last
+    # inference_rebuild_lookback_s.
     inference_heartbeat_s: float = 1.0
     inference_member_ttl_s: float = 5.0
     inference_rebuild_lookback_s: float = 900.0

@@ -13,9 +13,8 @@ asset's window, so the telemetry's trace goes on into whoever acts on the predic
 batch's span links the traces of the telemetry it scored.
 
 When the member set changes, assets this replica gained are rebuilt by replaying the
-stream from the oldest sequence their previous owners still needed (or
-``inference_rebuild_lookback_s`` back when nobody said), while the live consumer goes
-on; merges are idempotent, so the two may overlap. Those assets are scored once their
+stream from ``inference_rebuild_lookback_s`` back, while the live consumer goes on;
+merges are idempotent, so the two may overlap. Those assets are scored once their
 rebuild is done, never on a partial window.
 """
 

@@ -1,20 +1,28 @@
-"""The outbox relay survives being killed at any point: every event on the stream once."""
+"""The outbox relay survives being killed at any point: every event on the stream once.
+
+And it publishes what a commit queued at once, even a commit made during its round.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import pytest
 
+from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.core import bus
 from prognos.core.config import Settings
+from prognos.core.events import DomainEvent
 from prognos.core.migrate import upgrade
 from prognos.core.natsserver import EmbeddedNats
-from prognos.core.store import EventStore, create_engine
+from prognos.core.store import EventStore, OutboxMessage, create_engine
 
 WORKER = Path(__file__).resolve().parents[2] / "helpers" / "relay_worker.py"
 EVENTS = 45
@@ -68,3 +76,51 @@ async def test_a_relay_killed_between_commit_and_publish_loses_and_duplicates_no
     assert len(stored_ids) == EVENTS
     assert sorted(published_ids) == sorted(stored_ids)
     assert len(set(published_ids)) == len(published_ids)
+
+
+@dataclass(frozen=True)
+class Noted(DomainEvent):
+    n: int
+
+
+async def test_a_commit_during_a_relay_round_is_published_without_waiting_for_the_poll(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.load("relaytest", data_dir=tmp_path)
+    upgrade(settings)
+    engine = create_engine(settings)
+    store = EventStore(engine, "relaytest")
+
+    async def write(n: int) -> None:
+        async with store.transaction(actor="tester") as uow:
+            (stored,) = await uow.append(f"note-{n}", 0, [Noted(n)])
+            uow.publish("relaytest.noted", Envelope(id=f"note-{n}"), cause=stored)
+
+    fetch = store.unpublished
+    committed_during_round = asyncio.Event()
+
+    async def fetch_then_commit(limit: int) -> list[tuple[int, OutboxMessage]]:
+        pending = await fetch(limit)
+        if not committed_during_round.is_set():
+            committed_during_round.set()
+            await write(1)  # after the round read the outbox, before it ends
+        return pending
+
+    monkeypatch.setattr(store, "unpublished", fetch_then_commit)
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await bus.ensure_stream(js, "RELAYTEST", ["relaytest.>"])
+    relay = bus.OutboxRelay(store, js, poll_s=3600)  # only a wake-up can publish in time
+    await write(0)
+    relay.start()
+    try:
+        for _ in range(200):  # 10 s at most, against an hour's poll
+            if (await js.stream_info("RELAYTEST")).state.messages == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert committed_during_round.is_set()
+        assert (await js.stream_info("RELAYTEST")).state.messages == 2
+    finally:
+        await relay.stop()
+        await nc.drain()
+        await engine.dispose()

@@ -45,6 +45,8 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode as SpanStatusCode
 
+from prognos.core.handlers import responses, rewrap
+
 __all__ = [
     "DETAILS_METADATA_KEY",
     "TRACE_ID_KEY",
@@ -829,16 +831,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    # The handler writes with context.write() and returns nothing.
-                    await result
-                elif hasattr(result, "__aiter__"):
-                    async with contextlib.aclosing(result):
-                        async for response in result:
-                            yield response
-                elif result is not None:
-                    for response in result:
+                async with contextlib.aclosing(responses(behavior(request, context))) as stream:
+                    async for response in stream:
                         yield response
             except grpc.aio.AbortError:
                 raise
@@ -857,22 +851,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        options = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.unary_unary, method), **options
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary, method), **options
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream_response(handler.unary_stream, method), **options
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream_response(handler.stream_stream, method), **options
+        return rewrap(
+            handler,
+            unary=lambda behavior: self._wrap_unary_response(behavior, method),
+            stream=lambda behavior: self._wrap_stream_response(behavior, method),
         )

@@ -12,6 +12,7 @@ their headers through ``inject_headers`` / ``extract_context``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -33,6 +34,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from prognos.core.handlers import responses, rewrap
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -549,24 +552,10 @@ class ServerTracingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not _traced(handler_call_details):
             return handler
         method = handler_call_details.method
-        options = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), **options
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), **options
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method), **options
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method), **options
+        return rewrap(
+            handler,
+            unary=lambda behavior: self._unary(behavior, method),
+            stream=lambda behavior: self._stream(behavior, method),
         )
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
@@ -589,14 +578,8 @@ class ServerTracingInterceptor(grpc.aio.ServerInterceptor):
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span, token = self._start(method, context)
             try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    await result  # the handler writes with context.write()
-                elif hasattr(result, "__aiter__"):
-                    async for response in result:
-                        yield response
-                elif result is not None:
-                    for response in result:
+                async with contextlib.aclosing(responses(behavior(request, context))) as stream:
+                    async for response in stream:
                         yield response
             except BaseException as error:
                 _record(span, error)

@@ -124,3 +124,27 @@ def test_each_row_takes_the_nearest_regime_ignoring_missing_settings() -> None:
     gaps = (complete[..., None, :] - serving.regime_centroids) / steps
     assert serving.regimes(complete).tolist() == np.argmin((gaps * gaps).sum(-1), -1).tolist()
     assert len(set(serving.regimes(complete).ravel().tolist())) == 3
+
+
+def test_a_feature_with_no_spread_at_its_mean_reads_as_the_mean_not_as_missing() -> None:
+    document = {
+        "format_version": 1,
+        "window": 3,
+        "rul_clip": 125.0,
+        "horizon_cycles": 30.0,
+        "setting_columns": ["setting_1"],
+        "setting_decimals": [0],
+        "regime_centroids": [[0.0]],
+        "features": ["s2", "s3"],
+        "means": [[5.0, 1.0]],
+        "stds": [[0.0, 2.0]],  # s2 never varied in training: no scale for it
+    }
+    serving = ServingPreprocessing.from_json(document)
+    channels = ("setting_1", "s2", "s3")
+    raw = np.asarray([[[0.0, 5.0, 1.0], [0.0, 5.0, 3.0], [0.0, 5.0, 5.0]]], np.float32)
+
+    inputs = serving.inputs(raw, serving.resolve(channels))
+
+    assert not np.isnan(inputs).any()
+    assert inputs[0, :, 0].tolist() == [0.0, 0.0, 0.0]  # at the mean: the regime's mean
+    assert inputs[0, :, 1].tolist() == [0.0, 1.0, 2.0]

@@ -79,6 +79,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def python_ns_per_step() -> float:
+    """Nanoseconds per step of a plain Python loop (best of 3): how fast this machine runs
+    the interpreter at the time of the run. Most of a served call is Python, so latencies
+    from runs on different (or differently loaded) machines compare only next to this."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1e3, 1)
+
+
 def pid_of(info: RunInfo, service: str) -> int:
     return next(s.pid for s in info.services if s.name == service)
 
@@ -435,6 +449,7 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
         from_send.append(arrived - sent_at)
         if (asset_id, stamp) in stored:
             from_stored.append(arrived - stored[(asset_id, stamp)])
+    from_send_ms = percentiles(from_send)
     return {
         "assets": assets,
         "batches_per_asset_per_s": 1,
@@ -442,9 +457,13 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
         "batches": len(measured),
         "offered_batches_per_s": round(len(measured) / max(send_seconds, 1e-9), 1),
         "without_prediction": missing,
+        # A prediction later than the asset's next batch (1 s) means the services fall
+        # behind the offered load and the backlog grows: receipts then reach this client
+        # late too, and the receipt -> prediction latency no longer means anything.
+        "keeps_up": missing == 0 and from_send_ms["p99_ms"] < 1_000.0,
         "receipt_to_prediction": percentiles(from_receipt),
         "predictions_before_receipt": sum(1 for v in from_receipt if v < 0),
-        "send_to_prediction": percentiles(from_send),
+        "send_to_prediction": from_send_ms,
         "stored_on_stream_to_prediction": percentiles(from_stored),
     }
 
@@ -548,6 +567,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_1m": round(os.getloadavg()[0], 2),
+            "python_ns_per_loop_step": python_ns_per_step(),
             "python": platform.python_version(),
         },
         "model": {"architecture": "cnn", **raw.pop("model")},
@@ -570,7 +590,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "predict_p99_ms": direct["predict"]["p99_ms"] <= TARGETS["predict_p99_ms"],
         "predict_batch_windows_per_s": batch["windows_per_s"]
         >= TARGETS["predict_batch_windows_per_s"],
-        "end_to_end_p99_ms": e2e["receipt_to_prediction"]["p99_ms"] <= TARGETS["end_to_end_p99_ms"],
+        "end_to_end_p99_ms": e2e["keeps_up"]
+        and e2e["receipt_to_prediction"]["p99_ms"] <= TARGETS["end_to_end_p99_ms"],
     }
     return result
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -241,6 +244,36 @@ def test_read_spans_skips_a_torn_last_line(settings: Settings) -> None:
         fh.write('{"trace_id": "' + trace_id + '", "span_id": "ab')
     assert [s.name for s in telemetry.read_spans(settings.spans_dir, trace_id)] == ["whole"]
     assert telemetry.read_spans(settings.spans_dir / "missing") == []
+
+
+def test_span_files_hold_each_spans_record_exactly(tmp_path: Path) -> None:
+    """The exporter's own line writer and ``SpanRecord`` agree on every field."""
+    finished: list[ReadableSpan] = []
+
+    class Keep(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            finished.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Keep()))
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span('root "quoted" é', kind=trace.SpanKind.SERVER) as root:
+        root.set_attributes({"rpc.method": "Predict", "sensors": ("s2", "s3"), "n": 3, "ok": True})
+        root.add_event("retry", {"attempt": 2, "why": "line\nbreak"})
+        linked = root.get_span_context()
+        with tracer.start_as_current_span("inner"):
+            pass
+    with tracer.start_as_current_span("child", links=[trace.Link(linked)]) as child:
+        child.set_status(trace.StatusCode.ERROR, "boom: ünïcode")
+    exporter = telemetry.JsonLinesSpanExporter(tmp_path / "spans" / "svc.jsonl", "svc")
+    assert exporter.export(finished) == SpanExportResult.SUCCESS
+    lines = (tmp_path / "spans" / "svc.jsonl").read_text(encoding="utf-8").splitlines()
+    expected = [telemetry.SpanRecord.from_span(s, "svc") for s in finished]
+    assert [telemetry.SpanRecord.from_json(line) for line in lines] == expected
+    assert [json.loads(line) for line in lines] == [json.loads(r.to_json()) for r in expected]
+    inner, root, child = expected
+    assert inner.parent_span_id == root.span_id and root.events and child.links
 
 
 async def test_database_statements_become_child_spans(settings: Settings, tmp_path: Path) -> None:

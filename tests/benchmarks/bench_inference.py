@@ -527,8 +527,9 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
 async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float) -> dict[str, Any]:
     """Inference's own share: batches published on TELEMETRY as ingest does, at the same rate.
 
-    Latency runs from JetStream's acknowledgement of the stored batch to the arrival of its
-    prediction event; the inference process's CPU time per batch is reported too.
+    Latency runs from the storing of the batch on TELEMETRY to the storing of its
+    prediction event on INFERENCE, by the NATS server's clock; the inference process's
+    CPU time per batch is reported too.
     """
     fleet = sim.live_fleet(assets, seed=47, prefix="direct")
     nc = await nats.connect(info.nats_url)
@@ -549,21 +550,17 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
 
     await nc.subscribe("inference.prediction.made", cb=on_prediction)
 
-    acked: dict[tuple[str, int], float] = {}
-
-    async def publish(asset_id: str, batch: Any, stamp: int) -> Any:
-        future = await js.publish_async(
+    async def publish(asset_id: str, batch: Any) -> Any:
+        return await js.publish_async(
             sim.telemetry_subject(TYPE, asset_id),
             batch.SerializeToString(),
             headers={"Nats-Msg-Id": f"{asset_id}:{batch.batch_id}"},
         )
-        future.add_done_callback(lambda _: acked.setdefault((asset_id, stamp), time.monotonic()))
-        return future
 
     end_us = time.time_ns() // 1000
     for asset in fleet:
         batch = sim.telemetry_batch(asset.asset_id, asset.readings(50), end_us, asset_type=TYPE)
-        await publish(asset.asset_id, batch, end_us)
+        await publish(asset.asset_id, batch)
     await asyncio.wait_for(everyone.wait(), 120)
     spacing = 1.0 / assets
     begin_us = time.time_ns() // 1000 + 1_000_000
@@ -574,15 +571,17 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
             stamp = begin_us + int(offset * 1e6)
             batch = sim.telemetry_batch(asset.asset_id, asset.readings(1), stamp, asset_type=TYPE)
             plan.append((offset, asset.asset_id, batch, stamp))
+    telemetry_seq = await last_sequence(js, "TELEMETRY")
+    inference_seq = await last_sequence(js, "INFERENCE")
     pid = pid_of(info, "inference")
     cpu_before = cpu_seconds(pid)
     begin = time.monotonic() + 0.5  # after building the plan (see bench_end_to_end)
     futures = []
-    for offset, asset_id, batch, stamp in plan:
+    for offset, asset_id, batch, _ in plan:
         delay = begin + offset - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        futures.append(await publish(asset_id, batch, stamp))
+        futures.append(await publish(asset_id, batch))
     await asyncio.gather(*futures, return_exceptions=True)
     last = plan[-1][1], plan[-1][3]
     for _ in range(100):
@@ -590,9 +589,19 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
             break
         await asyncio.sleep(0.1)
     cpu = cpu_seconds(pid) - cpu_before
+    telemetry_stored = await stored_times(
+        js, "TELEMETRY", "telemetry.>", telemetry_seq, telemetry_key
+    )
+    prediction_stored = await stored_times(
+        js, "INFERENCE", "inference.prediction.made", inference_seq, prediction_key
+    )
     await nc.drain()
     measured = [(a, stamp) for _, a, _, stamp in plan]
-    latencies = [predicted[k] - acked[k] for k in measured if k in predicted and k in acked]
+    latencies = [
+        prediction_stored[k] - telemetry_stored[k]
+        for k in measured
+        if k in prediction_stored and k in telemetry_stored
+    ]
     return {
         "assets": assets,
         "batches": len(measured),

@@ -7,9 +7,11 @@ turbofan fleet with the registry's training code, exported to LiteRT), and measu
 - ``predict``: ``Predict`` latency p50/p99 over a real gRPC channel (mutual TLS, role
   token), one asset's live window, sequential calls, from a blocking client; next to it
   the round trip of a ``grpc.health.v1`` check on the same channel (the floor of any RPC
-  here), the server's own span, the same calls through the CLI's traced async channel,
-  and, in this process, the raw LiteRT call on one window (batch of one) and the whole
-  in-process scoring of one window (preprocessing, model, digest, prediction message);
+  to the service) and against a bare grpc.aio server in a process of its own (the floor
+  of any Python gRPC call on this machine, with the ratio to it), the server's own span,
+  the same calls through the CLI's traced async channel, and, in this process, the raw
+  LiteRT call on one window (batch of one) and the whole in-process scoring of one window
+  (preprocessing, model, digest, prediction message);
 - ``predict_batch``: ``PredictBatch`` windows/s, live windows of many assets per call;
 - ``end_to_end``: from the receipt of a telemetry batch at the gateway (ingest stored it
   on the TELEMETRY stream, after which it sends the receipt) to the prediction event of
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -41,7 +44,7 @@ from typing import Any
 import grpc
 import nats
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from prognos.api.common.v1.envelope_pb2 import Envelope
@@ -308,6 +311,54 @@ def bench_predict_direct(info: RunInfo, asset_ids: list[str], calls: int) -> dic
             health.Check(check, timeout=5)
             floor.append(time.perf_counter() - started)
     return {"predict": percentiles(predict), "health_check": percentiles(floor)}
+
+
+def _bare_health_server(port: Any, stop: Any) -> None:
+    """A grpc.aio server with the health service alone (run in a child process)."""
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        port.value = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await asyncio.to_thread(stop.wait)
+        await server.stop(None)
+
+    asyncio.run(serve())
+
+
+def bench_bare_floor(calls: int) -> dict[str, Any]:
+    """The raw limit: a blocking client's health check against a bare grpc.aio server.
+
+    No interceptors, no TLS, no token, no other work in the server process: what any
+    Python gRPC call costs on this machine at this time. (Mutual TLS and a 400-byte token
+    measured within the noise of this on the same machine.)
+    """
+    context = multiprocessing.get_context("spawn")
+    port, stop = context.Value("i", 0), context.Event()
+    process = context.Process(target=_bare_health_server, args=(port, stop), daemon=True)
+    process.start()
+    try:
+        deadline = time.monotonic() + 60
+        while port.value == 0:
+            if time.monotonic() > deadline or not process.is_alive():
+                raise RuntimeError("the bare health server did not start")
+            time.sleep(0.01)
+        with grpc.insecure_channel(f"127.0.0.1:{port.value}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            check = health_pb2_grpc.HealthStub(channel).Check
+            request = health_pb2.HealthCheckRequest()
+            for _ in range(200):
+                check(request, timeout=5)
+            samples = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                check(request, timeout=5)
+                samples.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        process.join(10)
+    return percentiles(samples)
 
 
 def bench_raw(export: Path, calls: int) -> dict[str, Any]:
@@ -621,6 +672,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await settled(info)
             direct = await asyncio.to_thread(bench_predict_direct, info, ids, args.predict_calls)
             predict_server = await server_durations(info, "/Predict", args.predict_calls)
+            floor = await asyncio.to_thread(bench_bare_floor, args.predict_calls)
             cli_channel = await bench_predict(info, ids, args.predict_calls)
             raw = await asyncio.to_thread(bench_raw, export, args.predict_calls)
             batch = await bench_batch(info, ids, args.per_call, args.batch_seconds)
@@ -642,6 +694,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99_over_health_check_p99": round(
                 direct["predict"]["p99_ms"] / direct["health_check"]["p99_ms"], 2
             ),
+            "bare_grpc_health_check": floor,
+            "p99_over_bare_p99": round(direct["predict"]["p99_ms"] / floor["p99_ms"], 2),
             "server_span": predict_server,
             "grpc_cli_channel": cli_channel,
             **raw,

@@ -149,6 +149,22 @@ async def stored_times(
         await sub.unsubscribe()
 
 
+async def stream_marks(js: Any) -> tuple[int, int]:
+    """The last sequences of TELEMETRY and INFERENCE: where a measured phase starts."""
+    return await last_sequence(js, "TELEMETRY"), await last_sequence(js, "INFERENCE")
+
+
+async def stored_since(
+    js: Any, marks: tuple[int, int]
+) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]:
+    """When each telemetry batch, and each champion prediction, was stored after ``marks``."""
+    telemetry = await stored_times(js, "TELEMETRY", "telemetry.>", marks[0], telemetry_key)
+    predictions = await stored_times(
+        js, "INFERENCE", "inference.prediction.made", marks[1], prediction_key
+    )
+    return telemetry, predictions
+
+
 def telemetry_key(data: bytes) -> tuple[str, int]:
     batch = ingest_pb2.TelemetryBatch.FromString(data)
     return batch.asset_id, int(np.frombuffer(batch.timestamps_us_le, "<i8")[-1])
@@ -313,7 +329,7 @@ def bench_predict_direct(info: RunInfo, asset_ids: list[str], calls: int) -> dic
     return {"predict": percentiles(predict), "health_check": percentiles(floor)}
 
 
-def _bare_health_server(port: Any, stop: Any) -> None:
+def _bare_health_server(port: Any, started: Any, stop: Any) -> None:
     """A grpc.aio server with the health service alone (run in a child process)."""
 
     async def serve() -> None:
@@ -321,6 +337,7 @@ def _bare_health_server(port: Any, stop: Any) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
         port.value = server.add_insecure_port("127.0.0.1:0")
         await server.start()
+        started.set()
         await asyncio.to_thread(stop.wait)
         await server.stop(None)
 
@@ -335,15 +352,12 @@ def bench_bare_floor(calls: int) -> dict[str, Any]:
     measured within the noise of this on the same machine.)
     """
     context = multiprocessing.get_context("spawn")
-    port, stop = context.Value("i", 0), context.Event()
-    process = context.Process(target=_bare_health_server, args=(port, stop), daemon=True)
+    port, started, stop = context.Value("i", 0), context.Event(), context.Event()
+    process = context.Process(target=_bare_health_server, args=(port, started, stop), daemon=True)
     process.start()
     try:
-        deadline = time.monotonic() + 60
-        while port.value == 0:
-            if time.monotonic() > deadline or not process.is_alive():
-                raise RuntimeError("the bare health server did not start")
-            time.sleep(0.01)
+        if not started.wait(60):
+            raise RuntimeError("the bare health server did not start within a minute")
         with grpc.insecure_channel(f"127.0.0.1:{port.value}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             check = health_pb2_grpc.HealthStub(channel).Check
@@ -494,8 +508,7 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
             queues[i % streams].put_nowait((batch, end_us))
         await asyncio.wait_for(filled.wait(), 120)
         js = nc.jetstream()
-        telemetry_seq = await last_sequence(js, "TELEMETRY")
-        inference_seq = await last_sequence(js, "INFERENCE")
+        marks = await stream_marks(js)
         # Then one reading per asset per second, spread evenly over the second.
         spacing = 1.0 / assets
         begin_us = time.time_ns() // 1000 + 2_000_000
@@ -534,12 +547,7 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
         for queue in queues:
             queue.put_nowait(None)
         await asyncio.gather(*readers)
-    telemetry_stored = await stored_times(
-        js, "TELEMETRY", "telemetry.>", telemetry_seq, telemetry_key
-    )
-    prediction_stored = await stored_times(
-        js, "INFERENCE", "inference.prediction.made", inference_seq, prediction_key
-    )
+    telemetry_stored, prediction_stored = await stored_since(js, marks)
     await nc.drain()
 
     measured = list(sent.items())[measured_from:]
@@ -622,8 +630,7 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
             stamp = begin_us + int(offset * 1e6)
             batch = sim.telemetry_batch(asset.asset_id, asset.readings(1), stamp, asset_type=TYPE)
             plan.append((offset, asset.asset_id, batch, stamp))
-    telemetry_seq = await last_sequence(js, "TELEMETRY")
-    inference_seq = await last_sequence(js, "INFERENCE")
+    marks = await stream_marks(js)
     pid = pid_of(info, "inference")
     cpu_before = cpu_seconds(pid)
     begin = time.monotonic() + 0.5  # after building the plan (see bench_end_to_end)
@@ -640,12 +647,7 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
             break
         await asyncio.sleep(0.1)
     cpu = cpu_seconds(pid) - cpu_before
-    telemetry_stored = await stored_times(
-        js, "TELEMETRY", "telemetry.>", telemetry_seq, telemetry_key
-    )
-    prediction_stored = await stored_times(
-        js, "INFERENCE", "inference.prediction.made", inference_seq, prediction_key
-    )
+    telemetry_stored, prediction_stored = await stored_since(js, marks)
     await nc.drain()
     measured = [(a, stamp) for _, a, _, stamp in plan]
     latencies = [

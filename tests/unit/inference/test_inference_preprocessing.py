@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,20 +94,23 @@ def test_an_unknown_format_is_refused(fitted: tuple[Preprocessing, ServingPrepro
         ServingPreprocessing.from_json(broken)
 
 
+def _serving(**fields: Any) -> ServingPreprocessing:
+    """A serving preprocessing document of format 1 with these fields, read back."""
+    return ServingPreprocessing.from_json(
+        {"format_version": 1, "rul_clip": 125.0, "horizon_cycles": 30.0, **fields}
+    )
+
+
 def test_each_row_takes_the_nearest_regime_ignoring_missing_settings() -> None:
-    document = {
-        "format_version": 1,
-        "window": 4,
-        "rul_clip": 125.0,
-        "horizon_cycles": 30.0,
-        "setting_columns": ["setting_1", "setting_2", "setting_3"],
-        "setting_decimals": [0, 2, 0],
-        "regime_centroids": [[0.0, 0.0, 100.0], [20.0, 0.7, 100.0], [42.0, 0.84, 60.0]],
-        "features": ["s2"],
-        "means": [[1.0], [2.0], [3.0]],
-        "stds": [[1.0], [1.0], [1.0]],
-    }
-    serving = ServingPreprocessing.from_json(document)
+    serving = _serving(
+        window=4,
+        setting_columns=["setting_1", "setting_2", "setting_3"],
+        setting_decimals=[0, 2, 0],
+        regime_centroids=[[0.0, 0.0, 100.0], [20.0, 0.7, 100.0], [42.0, 0.84, 60.0]],
+        features=["s2"],
+        means=[[1.0], [2.0], [3.0]],
+        stds=[[1.0], [1.0], [1.0]],
+    )
     rng = np.random.default_rng(5)
     settings = serving.regime_centroids[rng.integers(0, 3, (6, 40))] + rng.normal(
         0, [3.0, 0.03, 5.0], (6, 40, 3)
@@ -127,19 +131,15 @@ def test_each_row_takes_the_nearest_regime_ignoring_missing_settings() -> None:
 
 
 def test_a_feature_with_no_spread_at_its_mean_reads_as_the_mean_not_as_missing() -> None:
-    document = {
-        "format_version": 1,
-        "window": 3,
-        "rul_clip": 125.0,
-        "horizon_cycles": 30.0,
-        "setting_columns": ["setting_1"],
-        "setting_decimals": [0],
-        "regime_centroids": [[0.0]],
-        "features": ["s2", "s3"],
-        "means": [[5.0, 1.0]],
-        "stds": [[0.0, 2.0]],  # s2 never varied in training: no scale for it
-    }
-    serving = ServingPreprocessing.from_json(document)
+    serving = _serving(
+        window=3,
+        setting_columns=["setting_1"],
+        setting_decimals=[0],
+        regime_centroids=[[0.0]],
+        features=["s2", "s3"],
+        means=[[5.0, 1.0]],
+        stds=[[0.0, 2.0]],  # s2 never varied in training: no scale for it
+    )
     channels = ("setting_1", "s2", "s3")
     raw = np.asarray([[[0.0, 5.0, 1.0], [0.0, 5.0, 3.0], [0.0, 5.0, 5.0]]], np.float32)
 

@@ -98,8 +98,6 @@ def credentials_for(
     return grpc.composite_channel_credentials(tls, grpc.metadata_call_credentials(plugin))
 
 
-
-
 def open_channel(info: RunInfo, service: str, *, role: str = "admin") -> grpc.aio.Channel:
     """An async channel to ``service`` acting with ``role``.
 

@@ -11,8 +11,8 @@ after the first), so a burst of predictions is planned once, and it also runs ev
    the windows ahead and the crews;
 2. offers the planner (``planning.replan``, HiGHS, in a worker thread) each window's free
    crew-hours per skill, keeping work where it was unless moving it pays;
-3. packs each window's planned work into crew lanes (``slots``); work that does not fit its
-   window's lanes (free time in stretches shorter than the job) goes to the earliest gap
+3. packs each window's planned work into its crews' time (``slots``); work that does not fit
+   there (free time in stretches shorter than the job) goes to the earliest gap
    before its predicted failure in another window of the plant, riskiest first;
 4. writes, in one transaction, a slot for each placed order (released to the ERP once the
    slot starts within ``schedule_release_horizon_h``) and, for each order it could not
@@ -51,7 +51,7 @@ from prognos.scheduler.planning import (
     WorkItem,
     replan,
 )
-from prognos.scheduler.slots import Job, WindowLanes
+from prognos.scheduler.slots import Job, WindowCrews
 
 if TYPE_CHECKING:
     from prognos.core.config import Settings
@@ -239,11 +239,11 @@ class Planner:
         windows: list[Window],
         window_plant: dict[str, str],
         jobs: dict[str, Job],
-        lanes_of: Callable[[Window], WindowLanes],
+        crews_of: Callable[[Window], WindowCrews],
     ) -> tuple[dict[str, Slot], list[str], int]:
-        """Slots for the plan's work; what does not fit its window's lanes tries other windows.
+        """Slots for the plan's work; what does not fit its window's crews tries other windows.
 
-        The plan respects each window's crew-hours, but a window's lanes may hold less when
+        The plan respects each window's crew-hours, but a window's crews may hold less when
         its free time is in stretches shorter than a job. Such a job goes back to its
         previous slot if that is still free, else to the earliest gap it fits before its
         predicted failure in another window of its plant, riskiest job first. Returns the
@@ -252,11 +252,11 @@ class Planner:
         by_window: dict[str, list[Job]] = defaultdict(list)
         for item_id, window_id in plan.assignments.items():
             by_window[window_id].append(jobs[item_id])
-        lanes = {w.id: lanes_of(w) for w in windows}
+        booked = {w.id: crews_of(w) for w in windows}
         slots: dict[str, Slot] = {}
         overflow: list[Job] = []
         for window_id, window_jobs in by_window.items():
-            placed, rest = lanes[window_id].pack(window_jobs)
+            placed, rest = booked[window_id].pack(window_jobs)
             slots.update(placed)
             overflow.extend(rest)
         item_of = {i.id: i for i in items}
@@ -267,16 +267,16 @@ class Planner:
             previous = job.previous
             if (
                 previous is not None
-                and previous.window_id in lanes
+                and previous.window_id in booked
                 and previous.end <= item.predicted_failure_at
-                and lanes[previous.window_id].keep(job, previous)
+                and booked[previous.window_id].keep(job, previous)
             ):
                 slots[job.id] = previous  # where it was: no change to announce
                 continue
             for window in windows:
                 if window_plant[window.id] != item.plant:
                     continue
-                slot = lanes[window.id].fit(job, item.predicted_failure_at)
+                slot = booked[window.id].fit(job, item.predicted_failure_at)
                 if slot is not None:
                     slots[job.id] = slot
                     break
@@ -334,15 +334,15 @@ class Planner:
         all_windows = [w for plant in sorted(s.windows) for w in s.windows[plant]]
         plant_of = {w.id: plant for plant in s.windows for w in s.windows[plant]}
 
-        def lanes_of(window: Window) -> WindowLanes:
-            return WindowLanes(
+        def crews_of(window: Window) -> WindowCrews:
+            return WindowCrews(
                 window,
                 crews_by_plant.get(plant_of[window.id], []),
                 committed_in.get(window.id, []),
                 not_before=now,
             )
 
-        capacity = {w.id: lanes_of(w).free_hours() for w in all_windows}
+        capacity = {w.id: crews_of(w).free_hours() for w in all_windows}
         items: list[WorkItem] = []
         jobs: dict[str, Job] = {}
         unplaced: dict[str, tuple[str, str]] = {}
@@ -385,7 +385,7 @@ class Planner:
         if items:
             plan = await asyncio.to_thread(replan, previous, items, offered, self._costs, options)
             slots, overflow, repaired = self._pack(
-                plan, items, all_windows, plant_of, jobs, lanes_of
+                plan, items, all_windows, plant_of, jobs, crews_of
             )
             item_of = {i.id: i for i in items}
             for item_id, why in plan.unplaced.items():

@@ -1,12 +1,14 @@
-"""Crew lanes: turning "this work goes into that window" into a crew and a start time.
+"""Crew time: turning "this work goes into that window" into a crew and a start time.
 
 The planner (``planning.py``) reasons in crew-hours per window and skill. A crew of
-capacity ``c`` is ``c`` lanes, each doing one job at a time; a job needs one lane free for
-its whole duration. ``WindowLanes`` holds a window's lanes with the jobs already committed
-to the ERP, tells the planner how many crew-hours are still free per skill, and packs the
-planned jobs into lanes: a job keeps its previous slot when that is still free, the others
-go longest first to the earliest gap that fits. A job that fits nowhere is returned, and
-the caller tries it in the gaps of other windows (``fit``) before giving up on it.
+capacity ``c`` does at most ``c`` jobs at once: a job fits where fewer than ``c`` of the
+crew's jobs are under way for its whole duration. (Intervals whose overlap never exceeds
+``c`` can always be shared out among ``c`` people, so who does which job is the ERP's
+business.) ``WindowCrews`` holds a window's crews with the jobs already committed to the
+ERP, tells the planner how many crew-hours are still free per skill, and packs the planned
+jobs: a job keeps its previous slot when its crew still has room then, the others go
+longest first to the earliest start that fits. A job that fits nowhere is returned, and the
+caller tries it in the gaps of other windows (``fit``) before giving up on it.
 """
 
 from __future__ import annotations
@@ -17,36 +19,53 @@ from datetime import datetime, timedelta
 
 from prognos.scheduler.domain import CrewData, Slot, Window
 
+ZERO = timedelta(0)
+
 
 @dataclass
-class _Lane:
+class _Crew:
     crew_id: str
+    capacity: int
     busy: list[tuple[datetime, datetime]] = field(default_factory=list)
 
-    def is_free(self, start: datetime, end: datetime) -> bool:
-        return all(end <= b_start or b_end <= start for b_start, b_end in self.busy)
+    def load(self, start: datetime, end: datetime) -> int:
+        """The most of this crew's jobs under way at once between ``start`` and ``end``."""
+        steps = []
+        for b_start, b_end in self.busy:
+            if b_start < end and start < b_end:
+                steps.append((max(b_start, start), 1))
+                steps.append((min(b_end, end), -1))
+        # At equal times an end sorts before a start: back-to-back jobs share a person.
+        steps.sort()
+        under_way = most = 0
+        for _, step in steps:
+            under_way += step
+            most = max(most, under_way)
+        return most
+
+    def has_room(self, start: datetime, end: datetime) -> bool:
+        return self.load(start, end) < self.capacity
 
     def take(self, start: datetime, end: datetime) -> None:
         self.busy.append((start, end))
-        self.busy.sort()
 
-    def earliest_gap(
+    def earliest_start(
         self, not_before: datetime, not_after: datetime, length: timedelta
     ) -> datetime | None:
-        start = not_before
-        for b_start, b_end in self.busy:
-            if b_end <= start:
-                continue
-            if b_start - start >= length:
-                break
-            start = max(start, b_end)
-        return start if start + length <= not_after else None
+        """The earliest start from ``not_before`` at which a job of ``length`` has room."""
+        # The load only drops where a job ends, so the earliest start is one of these.
+        for start in sorted({not_before} | {e for _, e in self.busy if e > not_before}):
+            if start + length > not_after:
+                return None
+            if self.has_room(start, start + length):
+                return start
+        return None
 
     def busy_within(self, start: datetime, end: datetime) -> timedelta:
-        total = timedelta(0)
+        total = ZERO
         for b_start, b_end in self.busy:
             overlap = min(b_end, end) - max(b_start, start)
-            if overlap > timedelta(0):
+            if overlap > ZERO:
                 total += overlap
         return total
 
@@ -61,8 +80,8 @@ class Job:
     previous: Slot | None = None
 
 
-class WindowLanes:
-    """The crew lanes of one maintenance window, with the jobs already committed in them."""
+class WindowCrews:
+    """The crews of one maintenance window, with the jobs already committed to them."""
 
     def __init__(
         self,
@@ -72,36 +91,30 @@ class WindowLanes:
         *,
         not_before: datetime | None = None,
     ) -> None:
-        """Build the lanes.
+        """Take the crews and their committed jobs.
 
         Args:
             window: the window.
             crews: the plant's crews (others and zero-capacity crews are ignored).
-            committed: ``(skill, slot)`` of jobs whose slot in this window is fixed.
+            committed: ``(skill, slot)`` of jobs whose slot in this window is fixed. They
+                hold their crew's time even where the ERP booked the crew beyond its
+                capacity by hand; nothing more is placed there.
             not_before: no new job starts earlier (now, for a window under way).
         """
         self.window = window
         self.start = max(window.start, not_before) if not_before else window.start
-        self._skill_of: dict[str, str] = {}
-        self.lanes: dict[str, list[_Lane]] = {}
+        self.crews: dict[str, list[_Crew]] = {}
+        self._crew: dict[str, tuple[str, _Crew]] = {}
         for crew in sorted(crews, key=lambda c: c.crew_id):
             if crew.capacity <= 0:
                 continue
-            self._skill_of[crew.crew_id] = crew.skill
-            lanes = self.lanes.setdefault(crew.skill, [])
-            lanes.extend(_Lane(crew.crew_id) for _ in range(crew.capacity))
+            held = _Crew(crew.crew_id, crew.capacity)
+            self.crews.setdefault(crew.skill, []).append(held)
+            self._crew[crew.crew_id] = (crew.skill, held)
         for skill, slot in committed:
-            self._occupy(skill, slot)
-
-    def _occupy(self, skill: str, slot: Slot) -> bool:
-        lanes = [lane for lane in self.lanes.get(skill, []) if lane.crew_id == slot.crew_id]
-        for lane in lanes:
-            if lane.is_free(slot.start, slot.end):
-                lane.take(slot.start, slot.end)
-                return True
-        if lanes:  # overbooked by hand in the ERP: the crew's first lane carries it
-            lanes[0].take(slot.start, slot.end)
-        return False
+            found = self._crew.get(slot.crew_id)
+            if found is not None and found[0] == skill:
+                found[1].take(slot.start, slot.end)
 
     def free_hours(self) -> dict[str, float]:
         """Crew-hours per skill not yet taken between the window's (effective) start and end."""
@@ -109,19 +122,22 @@ class WindowLanes:
         if length <= timedelta(0):
             return {}
         hours: dict[str, float] = {}
-        for skill, lanes in self.lanes.items():
+        for skill, crews in self.crews.items():
             free = sum(
-                ((length - lane.busy_within(self.start, self.window.end)) for lane in lanes),
-                timedelta(0),
+                (
+                    max(c.capacity * length - c.busy_within(self.start, self.window.end), ZERO)
+                    for c in crews
+                ),
+                ZERO,
             )
-            hours[skill] = max(free.total_seconds() / 3600.0, 0.0)
+            hours[skill] = free.total_seconds() / 3600.0
         return hours
 
     def pack(self, jobs: Sequence[Job]) -> tuple[dict[str, Slot], list[Job]]:
-        """Give each job a lane and a start; returns the slots and the jobs that fit nowhere.
+        """Give each job a crew and a start; returns the slots and the jobs that fit nowhere.
 
-        Jobs whose previous slot lies in this window and is still free keep it; the rest
-        go longest first, each to the lane with the earliest gap long enough.
+        Jobs whose previous slot lies in this window and still has room keep it; the rest
+        go longest first, each to the earliest start any crew of its skill has room for it.
         """
         slots: dict[str, Slot] = {}
         rest: list[Job] = []
@@ -141,33 +157,30 @@ class WindowLanes:
         return slots, overflow
 
     def fit(self, job: Job, deadline: datetime) -> Slot | None:
-        """Place one more job in the earliest gap that ends by ``deadline``, if any."""
+        """Place one more job at the earliest start with room that ends by ``deadline``."""
         not_after = min(self.window.end, deadline)
-        best: tuple[datetime, int] | None = None
-        lanes = self.lanes.get(job.skill, [])
-        for n, lane in enumerate(lanes):
-            start = lane.earliest_gap(self.start, not_after, job.duration)
+        best: tuple[datetime, _Crew] | None = None
+        for crew in self.crews.get(job.skill, []):
+            start = crew.earliest_start(self.start, not_after, job.duration)
             if start is not None and (best is None or start < best[0]):
-                best = (start, n)
+                best = (start, crew)
         if best is None:
             return None
-        start, n = best
-        lanes[n].take(start, start + job.duration)
-        return Slot(self.window.id, start, start + job.duration, lanes[n].crew_id)
+        start, crew = best
+        crew.take(start, start + job.duration)
+        return Slot(self.window.id, start, start + job.duration, crew.crew_id)
 
     def keep(self, job: Job, slot: Slot) -> bool:
-        """Give ``job`` exactly ``slot`` (a slot of this window) if its crew is free then."""
-        return (
-            slot.window_id == self.window.id
-            and slot.start >= self.start
-            and slot.end <= self.window.end
-            and self._skill_of.get(slot.crew_id) == job.skill
-            and self._occupy_if_free(job.skill, slot)
-        )
-
-    def _occupy_if_free(self, skill: str, slot: Slot) -> bool:
-        for lane in self.lanes.get(skill, []):
-            if lane.crew_id == slot.crew_id and lane.is_free(slot.start, slot.end):
-                lane.take(slot.start, slot.end)
-                return True
-        return False
+        """Give ``job`` exactly ``slot`` (a slot of this window) if its crew has room then."""
+        found = self._crew.get(slot.crew_id)
+        if (
+            found is None
+            or found[0] != job.skill
+            or slot.window_id != self.window.id
+            or slot.start < self.start
+            or slot.end > self.window.end
+            or not found[1].has_room(slot.start, slot.end)
+        ):
+            return False
+        found[1].take(slot.start, slot.end)
+        return True

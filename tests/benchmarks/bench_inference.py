@@ -25,6 +25,9 @@ Run: ``make bench`` or ``.venv/bin/python tests/benchmarks/bench_inference.py [-
 
 from __future__ import annotations
 
+import prognos.core.grpc_io  # noqa: F401  (first: this client runs on the services' gRPC I/O)
+
+# isort: split
 import argparse
 import asyncio
 import contextlib
@@ -55,6 +58,7 @@ from prognos.cli.launcher import Launcher, RunInfo, ServiceSpec
 from prognos.cli.tokens import token_for
 from prognos.core import bus
 from prognos.core.config import Settings
+from prognos.core.grpc_io import VARIABLE
 from prognos.core.telemetry import read_spans
 from prognos.core.tls import channel_credentials
 from prognos.inference.live import score_windows
@@ -688,6 +692,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_1m": round(os.getloadavg()[0], 2),
             "python_ns_per_loop_step": python_ns_per_step(),
             "python": platform.python_version(),
+            # The I/O this client and the services ran on (prognos.core.grpc_io).
+            "grpc": {"version": grpc.__version__, "experiments": os.environ.get(VARIABLE, "")},
         },
         "model": {"architecture": "cnn", **raw.pop("model")},
         "predict": {

@@ -22,6 +22,9 @@ Run: ``make bench`` or ``.venv/bin/python tests/benchmarks/bench_ingest.py [--se
 
 from __future__ import annotations
 
+import prognos.core.grpc_io  # noqa: F401  (first: this client runs on the services' gRPC I/O)
+
+# isort: split
 import argparse
 import asyncio
 import contextlib

@@ -20,6 +20,9 @@ Run: ``.venv/bin/python tests/benchmarks/bench_registry.py [--param NAME=VALUE .
 
 from __future__ import annotations
 
+import prognos.core.grpc_io  # noqa: F401  (first: this client runs on the services' gRPC I/O)
+
+# isort: split
 import argparse
 import asyncio
 import json

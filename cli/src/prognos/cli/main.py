@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import prognos.core.grpc_io  # noqa: F401  (first: it sets gRPC's I/O before grpc loads)
+
+# isort: split
 import typer
 
 from prognos.cli import audit, certs, launcher, tokens, traces

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import prognos.core.grpc_io  # noqa: F401  (first: it sets gRPC's I/O before grpc loads)
 from prognos.core.service import main, package_version
 from prognos.scheduler.bootstrap import STREAM, TRANSLATORS, build
 

@@ -42,8 +42,10 @@ def test_applying_after_grpc_was_loaded_says_it_is_too_late(
         grpc_io.apply()
 
 
-def test_this_suite_runs_on_the_poller() -> None:
-    # tests/conftest.py imports grpc_io first; a value set for the whole run is kept.
+def test_this_suite_set_the_io_before_it_loaded_grpc() -> None:
+    # sys.modules keeps the order in which imports began: tests/conftest.py must come first.
+    loaded = list(sys.modules)
+    assert loaded.index("prognos.core.grpc_io") < loaded.index("grpc")
     assert grpc_io.VARIABLE in os.environ
 
 

@@ -30,7 +30,7 @@ class _Crew:
 
     def load(self, start: datetime, end: datetime) -> int:
         """The most of this crew's jobs under way at once between ``start`` and ``end``."""
-        steps = []
+        steps: list[tuple[datetime, int]] = []
         for b_start, b_end in self.busy:
             if b_start < end and start < b_end:
                 steps.append((max(b_start, start), 1))

@@ -25,6 +25,7 @@ ZERO = timedelta(0)
 @dataclass
 class _Crew:
     crew_id: str
+    skill: str
     capacity: int
     busy: list[tuple[datetime, datetime]] = field(default_factory=list)
 
@@ -103,26 +104,24 @@ class WindowCrews:
         """
         self.window = window
         self.start = max(window.start, not_before) if not_before else window.start
-        self.crews: dict[str, list[_Crew]] = {}
-        self._crew: dict[str, tuple[str, _Crew]] = {}
-        for crew in sorted(crews, key=lambda c: c.crew_id):
-            if crew.capacity <= 0:
-                continue
-            held = _Crew(crew.crew_id, crew.capacity)
-            self.crews.setdefault(crew.skill, []).append(held)
-            self._crew[crew.crew_id] = (crew.skill, held)
+        self._by_id = {
+            c.crew_id: _Crew(c.crew_id, c.skill, c.capacity) for c in crews if c.capacity > 0
+        }
+        self._by_skill: dict[str, list[_Crew]] = {}
+        for crew in sorted(self._by_id.values(), key=lambda c: c.crew_id):
+            self._by_skill.setdefault(crew.skill, []).append(crew)
         for skill, slot in committed:
-            found = self._crew.get(slot.crew_id)
-            if found is not None and found[0] == skill:
-                found[1].take(slot.start, slot.end)
+            held = self._by_id.get(slot.crew_id)
+            if held is not None and held.skill == skill:
+                held.take(slot.start, slot.end)
 
     def free_hours(self) -> dict[str, float]:
         """Crew-hours per skill not yet taken between the window's (effective) start and end."""
         length = self.window.end - self.start
-        if length <= timedelta(0):
+        if length <= ZERO:
             return {}
         hours: dict[str, float] = {}
-        for skill, crews in self.crews.items():
+        for skill, crews in self._by_skill.items():
             free = sum(
                 (
                     max(c.capacity * length - c.busy_within(self.start, self.window.end), ZERO)
@@ -160,7 +159,7 @@ class WindowCrews:
         """Place one more job at the earliest start with room that ends by ``deadline``."""
         not_after = min(self.window.end, deadline)
         best: tuple[datetime, _Crew] | None = None
-        for crew in self.crews.get(job.skill, []):
+        for crew in self._by_skill.get(job.skill, []):
             start = crew.earliest_start(self.start, not_after, job.duration)
             if start is not None and (best is None or start < best[0]):
                 best = (start, crew)
@@ -172,15 +171,15 @@ class WindowCrews:
 
     def keep(self, job: Job, slot: Slot) -> bool:
         """Give ``job`` exactly ``slot`` (a slot of this window) if its crew has room then."""
-        found = self._crew.get(slot.crew_id)
+        crew = self._by_id.get(slot.crew_id)
         if (
-            found is None
-            or found[0] != job.skill
+            crew is None
+            or crew.skill != job.skill
             or slot.window_id != self.window.id
             or slot.start < self.start
             or slot.end > self.window.end
-            or not found[1].has_room(slot.start, slot.end)
+            or not crew.has_room(slot.start, slot.end)
         ):
             return False
-        found[1].take(slot.start, slot.end)
+        crew.take(slot.start, slot.end)
         return True

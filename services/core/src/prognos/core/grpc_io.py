@@ -4,10 +4,10 @@ gRPC reads ``GRPC_EXPERIMENTS`` once, when ``grpc`` is imported. Since grpcio 1.
 default I/O is the EventEngine, which reads and writes each call on a thread pool of its
 own and hands the result to the thread waiting for it (the asyncio loop of a service, the
 caller of a blocking stub). The poller it replaced does that I/O on the waiting thread.
-On a small host the hand-offs cost more than the I/O: ``bench_inference.py`` on 2 cores
-measured a bare health check at p50 0.62 ms with the EventEngine and 0.47 ms with the
-poller, and ``Predict`` p99 at 2.65-2.87 ms against 1.94-2.04 ms (client and services
-alike; either side alone gave about half of it).
+On a small host the hand-offs cost more than the I/O. On 2 cores, with the client and
+server of ``bench_inference.py``, a bare health check took p50 0.62 ms on the EventEngine
+and 0.47 ms on the poller; ``Predict`` p99 was 2.65-2.87 ms against 1.94-2.04 ms with
+client and services on the poller (either side alone gave about half of it).
 
 So every Prognos entry point (each service's ``__main__``, the ``prognos`` command, the
 test suite and the benchmarks) imports this module before anything that imports grpc,

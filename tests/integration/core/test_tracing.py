@@ -20,6 +20,7 @@ from prognos.core import telemetry
 from prognos.core.config import Settings
 from prognos.core.errors import NotFoundError
 from prognos.core.server import GrpcServer
+from prognos.core.testing.waiting import assert_eventually
 
 ECHO = "prognos.test.v1.TracedEcho"
 
@@ -88,6 +89,22 @@ async def server(settings: Settings) -> AsyncIterator[GrpcServer]:
         yield grpc_server
 
 
+async def _with_served(settings: Settings, trace_id: str) -> list[telemetry.SpanRecord]:
+    """The trace's spans, once its SERVER span is on disk.
+
+    The server ends its span after the status has gone out, so the caller can hold the
+    answer a moment before that span is written.
+    """
+
+    def served() -> list[telemetry.SpanRecord]:
+        assert telemetry.flush()
+        spans = telemetry.read_spans(settings.spans_dir, trace_id)
+        assert any(s.kind == "SERVER" for s in spans), [s.name for s in spans]
+        return spans
+
+    return await assert_eventually(served, timeout=10, message="the server span")
+
+
 def _ancestors(span: telemetry.SpanRecord, spans: list[telemetry.SpanRecord]) -> list[str]:
     by_id = {s.span_id: s for s in spans}
     chain: list[str] = []
@@ -106,9 +123,8 @@ async def test_a_client_call_and_its_server_span_share_one_trace(
             trace_id = telemetry.current_trace_id()
             answered = await channel.unary_unary(method)(b"", timeout=5)
     assert answered.decode() == trace_id == format(root.get_span_context().trace_id, "032x")
-    assert telemetry.flush()
 
-    spans = telemetry.read_spans(settings.spans_dir, trace_id)
+    spans = await _with_served(settings, trace_id)
     by_kind = {(s.kind, s.name): s for s in spans}
     client = by_kind[("CLIENT", method)]
     served = by_kind[("SERVER", method)]
@@ -128,8 +144,7 @@ async def test_streaming_calls_are_traced_too(settings: Settings, server: GrpcSe
             trace_id = telemetry.current_trace_id()
             received = [m async for m in channel.unary_stream(f"/{ECHO}/Count")(b"", timeout=5)]
     assert received == [b"0", b"1", b"2"]
-    assert telemetry.flush()
-    kinds = sorted(s.kind for s in telemetry.read_spans(settings.spans_dir, trace_id))
+    kinds = sorted(s.kind for s in await _with_served(settings, trace_id))
     assert kinds == ["CLIENT", "INTERNAL", "SERVER"]
 
 
@@ -158,10 +173,7 @@ async def test_a_failed_call_records_its_code_and_the_servers_faults_as_errors(
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await channel.unary_unary(f"/{ECHO}/{method}")(b"", timeout=5)
     assert raised.value.code() == code
-    assert telemetry.flush()
-    (served,) = [
-        s for s in telemetry.read_spans(settings.spans_dir, trace_id) if s.kind == "SERVER"
-    ]
+    (served,) = [s for s in await _with_served(settings, trace_id) if s.kind == "SERVER"]
     assert served.attributes["rpc.grpc.status_code"] == code.value[0]
     assert served.attributes["rpc.service"] == ECHO and served.attributes["rpc.method"] == method
     assert served.status == status
@@ -181,10 +193,7 @@ async def test_a_stream_that_breaks_midway_ends_its_span_as_an_error(
                 ):
                     received.append(message)
     assert received == [b"0"] and raised.value.code() == grpc.StatusCode.INTERNAL
-    assert telemetry.flush()
-    (served,) = [
-        s for s in telemetry.read_spans(settings.spans_dir, trace_id) if s.kind == "SERVER"
-    ]
+    (served,) = [s for s in await _with_served(settings, trace_id) if s.kind == "SERVER"]
     assert served.status == "ERROR" and "the stream broke" in served.status_message
     assert served.end_unix_ns >= served.start_unix_ns
 
@@ -193,7 +202,12 @@ async def test_health_checks_are_not_traced(settings: Settings, server: GrpcServ
     from prognos.core.server import wait_for_serving
 
     await wait_for_serving(server.address, deadline_s=5)
-    assert telemetry.flush()
+    # A traced call after it: once its span is written, a health span would be too.
+    async with telemetry.insecure_channel(server.address) as channel:
+        with telemetry.tracer("tests.client").start_as_current_span("after health"):
+            trace_id = telemetry.current_trace_id()
+            await channel.unary_unary(f"/{ECHO}/WhoAmI")(b"", timeout=5)
+    await _with_served(settings, trace_id)
     assert not [s for s in telemetry.read_spans(settings.spans_dir) if "Health" in s.name]
 
 

@@ -40,7 +40,7 @@ from prognos.inference.membership import Membership
 from prognos.inference.models import ModelRunner, ServingModel, ServingModels
 from prognos.inference.preprocessing import MissingChannelError
 from prognos.inference.publisher import PREDICTION_SUBJECT, SHADOW_SUBJECT
-from prognos.inference.scoring import predictions, score
+from prognos.inference.scoring import explain, predictions, score
 from prognos.inference.windows import VALUE_DTYPE
 
 if TYPE_CHECKING:
@@ -220,13 +220,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         explain_at = self._live.attribution_threshold
         if len(assets) == 1 and into is None and 0 < model.window_call_s <= _INLINE_WINDOW_S:
             # Handing one short window to a thread and back costs more than scoring it.
-            # Explaining it (one more model call per feature) is left to the threads.
+            # Explaining it (one more model call per feature) is left to a thread, which
+            # reuses this score.
             try:
                 scores = score(self._runner, model, raw, channels, explain_at=None)
             except MissingChannelError as e:
                 raise _missing_channels(model, e) from None
-            if explain_at is None or scores.probability[0] < explain_at:
-                return predictions(scores, assets, start_us, end_us)
+            if explain_at is not None and scores.probability[0] >= explain_at:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, explain, self._runner, scores, raw, channels, explain_at
+                )
+            return predictions(scores, assets, start_us, end_us)
         loop = asyncio.get_running_loop()
         parts = max(1, min(self._threads, len(assets) // 512))
         bounds = np.linspace(0, len(assets), parts + 1).astype(int)

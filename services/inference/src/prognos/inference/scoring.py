@@ -4,7 +4,8 @@
 input, and explains the windows whose failure probability reaches the attribution
 threshold by occlusion: each feature in turn is set to its regime mean (0 in the model's
 normalised space) and the drop in probability is that feature's contribution. It costs
-one extra model call per feature, batched, for the windows explained only.
+one extra model call per feature, batched, for the windows explained only. ``explain``
+does that last step alone, for windows already scored.
 
 ``predictions`` builds the ``Prediction`` messages from a template per model, which is
 several times faster than building each message field by field.
@@ -97,18 +98,41 @@ def score(
     inputs = prep.inputs(raw[:, raw.shape[1] - model.window :], resolved)
     rul, probability = runner.run(model, inputs)
     digests = [input_digest(window) for window in inputs]
-    explanations: dict[int, list[Contribution]] = {}
+    scores = Scores(model, inputs, rul, probability, digests, {})
     if explain_at is not None:
-        chosen = np.flatnonzero(probability >= explain_at)
-        if len(chosen):
-            feature_channels = [channels[i] for i in resolved[1]]
-            latest = _latest(raw[chosen][:, :, resolved[1]])
-            contributions = occlusion(runner, model, inputs[chosen], probability[chosen])
-            for k, row in enumerate(chosen):
-                explanations[int(row)] = top_contributions(
-                    contributions[k], feature_channels, latest[k]
-                )
-    return Scores(model, inputs, rul, probability, digests, explanations)
+        explain(runner, scores, raw, channels, explain_at)
+    return scores
+
+
+def explain(
+    runner: ModelRunner,
+    scores: Scores,
+    raw: np.ndarray,
+    channels: Sequence[str],
+    explain_at: float,
+) -> None:
+    """Explain the scored windows whose probability is at least ``explain_at``, in place.
+
+    Args:
+        runner: The calling thread's model runner.
+        scores: What ``score`` returned for ``raw``; its ``explanations`` are filled in.
+        raw: The raw windows that were scored.
+        channels: Channel name of each raw column.
+        explain_at: The attribution threshold.
+    """
+    chosen = np.flatnonzero(scores.probability >= explain_at)
+    if not len(chosen):
+        return
+    features = scores.model.preprocessing.resolve(channels)[1]
+    feature_channels = [channels[i] for i in features]
+    latest = _latest(raw[chosen][:, :, features])
+    contributions = occlusion(
+        runner, scores.model, scores.inputs[chosen], scores.probability[chosen]
+    )
+    for k, row in enumerate(chosen):
+        scores.explanations[int(row)] = top_contributions(
+            contributions[k], feature_channels, latest[k]
+        )
 
 
 def occlusion(

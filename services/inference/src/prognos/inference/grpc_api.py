@@ -217,7 +217,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         With ``into``, the predictions are added to its ``predictions`` in order (copied
         once, in C, when there are several parts) and those are returned.
         """
-        explain_at = self._live.attribution_threshold
+        # One model, so one asset type: explained from where the live path explains it.
+        explain_at = self._live.explain_threshold(assets[0].asset_type) if assets else None
         if len(assets) == 1 and into is None and 0 < model.window_call_s <= _INLINE_WINDOW_S:
             # Handing one short window to a thread and back costs more than scoring it.
             # Explaining it (one more model call per feature) is left to a thread, which

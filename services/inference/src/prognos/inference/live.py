@@ -260,7 +260,7 @@ class LiveScorer:
         return self.alert_threshold if configured is None else configured
 
     def explain_threshold(self, asset_type: str) -> float:
-        """Live predictions of ``asset_type`` at or above this are explained.
+        """Predictions of ``asset_type``, live or asked for, at or above this are explained.
 
         The attribution threshold, lowered to where the scheduler's policy for the asset
         type opens work orders: a prediction that can open one carries its top sensors.

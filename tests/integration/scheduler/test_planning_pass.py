@@ -49,7 +49,9 @@ async def test_a_risk_update_while_a_plan_is_written_books_no_crew_twice(
     store: EventStore, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    day = (now + timedelta(days=1)).replace(hour=6, minute=0, second=0, microsecond=0)
+    # A window a fixed time ahead: how much a displacement saves depends on how far ahead the
+    # window is against the 48-hour horizon, so a time of day would make it depend on the clock.
+    day = (now + timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
     async with store.transaction() as uow:
         await handlers.upsert_assets(
             uow, [AssetData(a, f"EQ-{a}", PLANT, "pump", "mechanical", 4.0) for a in "abc"], now

@@ -95,5 +95,6 @@ async def test_predictions_that_can_open_a_work_order_are_explained(
         await assert_eventually(lambda: replica.inference.live.explain_threshold(TYPE) == 0.0)
         await scored(counts())
         assert all(seen.latest(a.asset_id).top_sensors for a in fleet)
+        await assert_predict_explains_alike(replica, nats_bus, fleet)
         # Another asset type keeps the attribution threshold.
         assert replica.inference.live.explain_threshold("pump") == threshold

@@ -23,17 +23,17 @@ def crews(mech: int = 2, elec: int = 1) -> list[CrewData]:
 
 def test_free_hours_count_each_crew_s_capacity_and_subtract_committed_work() -> None:
     committed = [("mechanical", Slot("north/w1", T0, T0 + 3 * H, "north/mech"))]
-    lanes = WindowCrews(WINDOW, crews(), committed)
-    assert lanes.free_hours() == {"mechanical": 13.0, "electrical": 8.0}
+    booked = WindowCrews(WINDOW, crews(), committed)
+    assert booked.free_hours() == {"mechanical": 13.0, "electrical": 8.0}
     # Under way: only what is left of the window counts.
     later = WindowCrews(WINDOW, crews(), committed, not_before=T0 + 4 * H)
     assert later.free_hours() == {"mechanical": 8.0, "electrical": 4.0}
 
 
 def test_longest_jobs_go_first_to_the_earliest_start_with_room() -> None:
-    lanes = WindowCrews(WINDOW, crews())
+    booked = WindowCrews(WINDOW, crews())
     jobs = [Job(f"j{n}", "mechanical", hours * H) for n, hours in enumerate([2, 6, 3, 5])]
-    slots, overflow = lanes.pack(jobs)
+    slots, overflow = booked.pack(jobs)
     assert overflow == []
     assert {j: s.end - s.start for j, s in slots.items()} == {j.id: j.duration for j in jobs}
     for slot in slots.values():
@@ -45,24 +45,24 @@ def test_longest_jobs_go_first_to_the_earliest_start_with_room() -> None:
 
 def test_a_job_keeps_its_previous_slot_when_it_is_still_free() -> None:
     previous = Slot("north/w1", T0 + 4 * H, T0 + 6 * H, "north/mech")
-    lanes = WindowCrews(WINDOW, crews())
-    slots, _ = lanes.pack([Job("a", "mechanical", 3 * H), Job("b", "mechanical", 2 * H, previous)])
+    booked = WindowCrews(WINDOW, crews())
+    slots, _ = booked.pack([Job("a", "mechanical", 3 * H), Job("b", "mechanical", 2 * H, previous)])
     assert slots["b"] == previous
     assert slots["a"].start == T0
 
 
 def test_work_that_fits_the_hours_but_not_the_crew_s_time_is_returned() -> None:
-    lanes = WindowCrews(WINDOW, crews(mech=2))
+    booked = WindowCrews(WINDOW, crews(mech=2))
     # 15 of 16 crew-hours, but three 5 h jobs in 8 h need three people: one is left over.
-    slots, overflow = lanes.pack([Job(f"j{n}", "mechanical", 5 * H) for n in range(3)])
+    slots, overflow = booked.pack([Job(f"j{n}", "mechanical", 5 * H) for n in range(3)])
     assert len(slots) == 2
     assert [j.id for j in overflow] == ["j2"]
 
 
 def test_committed_work_occupies_its_crew() -> None:
     committed = [("electrical", Slot("north/w1", T0 + 2 * H, T0 + 4 * H, "north/elec"))]
-    lanes = WindowCrews(WINDOW, crews(), committed)
-    slots, overflow = lanes.pack([Job("x", "electrical", 3 * H), Job("y", "electrical", 2 * H)])
+    booked = WindowCrews(WINDOW, crews(), committed)
+    slots, overflow = booked.pack([Job("x", "electrical", 3 * H), Job("y", "electrical", 2 * H)])
     assert overflow == []
     assert slots["y"].start == T0 and slots["x"].start == T0 + 4 * H
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from prognos.scheduler.domain import CrewData, Slot, Window
 
-ZERO = timedelta(0)
+_ZERO = timedelta(0)
 
 
 @dataclass
@@ -63,10 +63,10 @@ class _Crew:
         return None
 
     def busy_within(self, start: datetime, end: datetime) -> timedelta:
-        total = ZERO
+        total = _ZERO
         for b_start, b_end in self.busy:
             overlap = min(b_end, end) - max(b_start, start)
-            if overlap > ZERO:
+            if overlap > _ZERO:
                 total += overlap
         return total
 
@@ -118,16 +118,16 @@ class WindowCrews:
     def free_hours(self) -> dict[str, float]:
         """Crew-hours per skill not yet taken between the window's (effective) start and end."""
         length = self.window.end - self.start
-        if length <= ZERO:
+        if length <= _ZERO:
             return {}
         hours: dict[str, float] = {}
         for skill, crews in self._by_skill.items():
             free = sum(
                 (
-                    max(c.capacity * length - c.busy_within(self.start, self.window.end), ZERO)
+                    max(c.capacity * length - c.busy_within(self.start, self.window.end), _ZERO)
                     for c in crews
                 ),
-                ZERO,
+                _ZERO,
             )
             hours[skill] = free.total_seconds() / 3600.0
         return hours

@@ -266,6 +266,7 @@ class OutcomeLabelRecorded(_message.Message):
     FAILURE_CONFIRMED_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    REPAIRED_AT_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     """The asset."""
     asset_type: _builtins.str
@@ -273,7 +274,8 @@ class OutcomeLabelRecorded(_message.Message):
     failure_confirmed: _builtins.bool
     """True when a failure was confirmed, false when the asset was found healthy."""
     source: _builtins.str
-    """Where the label comes from, e.g. "file:sha256:<hex>" for an uploaded file or
+    """Where the label comes from, e.g. "file:sha256:<hex>" for an uploaded file,
+    "failure-history:sha256:<hex>" for an imported failure history or
     "work-order:<id>" for a completed work order.
     """
     failure_mode: _builtins.str
@@ -281,6 +283,10 @@ class OutcomeLabelRecorded(_message.Message):
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the failure happened (or when the asset was found healthy)."""
+
+    @_builtins.property
+    def repaired_at(self) -> _timestamp_pb2.Timestamp:
+        """When the asset was back in service after the failure; unset when unknown."""
 
     def __init__(
         self,
@@ -291,10 +297,11 @@ class OutcomeLabelRecorded(_message.Message):
         failure_confirmed: _builtins.bool = ...,
         source: _builtins.str = ...,
         failure_mode: _builtins.str = ...,
+        repaired_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["repaired_at", b"repaired_at", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "failure_confirmed", b"failure_confirmed", "failure_mode", b"failure_mode", "source", b"source", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "failure_confirmed", b"failure_confirmed", "failure_mode", b"failure_mode", "repaired_at", b"repaired_at", "source", b"source", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,8 @@ class _QuarantineReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quar
     """The value is infinite."""
     QUARANTINE_REASON_FUTURE: _QuarantineReason.ValueType  # 10
     """The timestamp is further ahead of the server's clock than the clock skew it tolerates."""
+    QUARANTINE_REASON_UNKNOWN_FAILURE_MODE: _QuarantineReason.ValueType  # 11
+    """A failure history row names a failure mode that the asset's type does not declare."""
 
 class QuarantineReason(_QuarantineReason, metaclass=_QuarantineReasonEnumTypeWrapper):
     """QuarantineReason says why a reading was not accepted."""
@@ -83,6 +85,8 @@ QUARANTINE_REASON_INFINITE: QuarantineReason.ValueType  # 9
 """The value is infinite."""
 QUARANTINE_REASON_FUTURE: QuarantineReason.ValueType  # 10
 """The timestamp is further ahead of the server's clock than the clock skew it tolerates."""
+QUARANTINE_REASON_UNKNOWN_FAILURE_MODE: QuarantineReason.ValueType  # 11
+"""A failure history row names a failure mode that the asset's type does not declare."""
 Global___QuarantineReason: _TypeAlias = QuarantineReason  # noqa: Y015
 
 class _TelemetryFileFormat:
@@ -157,6 +161,34 @@ TIME_COLUMN_KIND_CYCLE: TimeColumnKind.ValueType  # 3
 """
 Global___TimeColumnKind: _TypeAlias = TimeColumnKind  # noqa: Y015
 
+class _FailureHistoryFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureHistoryFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureHistoryFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_HISTORY_FORMAT_UNSPECIFIED: _FailureHistoryFormat.ValueType  # 0
+    """Not used."""
+    FAILURE_HISTORY_FORMAT_CSV: _FailureHistoryFormat.ValueType  # 1
+    """Delimited text, UTF-8 (a byte order mark is ignored), whose first line holds the column
+    names; see FailureHistoryHeader.delimiter.
+    """
+    FAILURE_HISTORY_FORMAT_JSONL: _FailureHistoryFormat.ValueType  # 2
+    """One JSON object per line, UTF-8; the columns are the object's top-level keys."""
+
+class FailureHistoryFormat(_FailureHistoryFormat, metaclass=_FailureHistoryFormatEnumTypeWrapper):
+    """FailureHistoryFormat is the syntax of an imported failure history."""
+
+FAILURE_HISTORY_FORMAT_UNSPECIFIED: FailureHistoryFormat.ValueType  # 0
+"""Not used."""
+FAILURE_HISTORY_FORMAT_CSV: FailureHistoryFormat.ValueType  # 1
+"""Delimited text, UTF-8 (a byte order mark is ignored), whose first line holds the column
+names; see FailureHistoryHeader.delimiter.
+"""
+FAILURE_HISTORY_FORMAT_JSONL: FailureHistoryFormat.ValueType  # 2
+"""One JSON object per line, UTF-8; the columns are the object's top-level keys."""
+Global___FailureHistoryFormat: _TypeAlias = FailureHistoryFormat  # noqa: Y015
+
 class _DatasetFileKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -194,6 +226,7 @@ class AssetType(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
+    FAILURE_MODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique, stable identifier: lower case letters, digits and '-', e.g. "turbofan"."""
     display_name: _builtins.str
@@ -208,6 +241,13 @@ class AssetType(_message.Message):
     def horizon(self) -> Global___FailureHorizon:
         """How far ahead a failure is predicted for assets of this type."""
 
+    @_builtins.property
+    def failure_modes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureMode]:
+        """The ways an asset of this type is known to fail; names are unique within the type. At
+        most 64. Empty when the type declares none: its labels may then name any failure mode
+        (or none); otherwise a label must name one of these.
+        """
+
     def __init__(
         self,
         *,
@@ -216,14 +256,43 @@ class AssetType(_message.Message):
         description: _builtins.str = ...,
         channels: _abc.Iterable[Global___SensorChannel] | None = ...,
         horizon: Global___FailureHorizon | None = ...,
+        failure_modes: _abc.Iterable[Global___FailureMode] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "description", b"description", "display_name", b"display_name", "horizon", b"horizon", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "description", b"description", "display_name", b"display_name", "failure_modes", b"failure_modes", "horizon", b"horizon", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssetType: _TypeAlias = AssetType  # noqa: Y015
+
+@_typing.final
+class FailureMode(_message.Message):
+    """FailureMode is one way an asset type fails, e.g. tool wear or a heat dissipation failure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name, unique within its asset type: lower_snake_case, at most 63 characters, e.g.
+    "tool_wear", "heat_dissipation". Labels name it in `failure_mode`.
+    """
+    description: _builtins.str
+    """Free text describing the failure mode; at most 1024 characters, may be empty."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureMode: _TypeAlias = FailureMode  # noqa: Y015
 
 @_typing.final
 class SensorChannel(_message.Message):
@@ -236,6 +305,7 @@ class SensorChannel(_message.Message):
     MIN_VALUE_FIELD_NUMBER: _builtins.int
     MAX_VALUE_FIELD_NUMBER: _builtins.int
     EXPECTED_INTERVAL_FIELD_NUMBER: _builtins.int
+    OPERATING_SETTING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Channel name, unique within its asset type: lower_snake_case, e.g. "air_temperature"."""
     unit: _builtins.str
@@ -249,6 +319,11 @@ class SensorChannel(_message.Message):
     """
     max_value: _builtins.float
     """Highest physically valid value, in `unit`; larger readings are quarantined."""
+    operating_setting: _builtins.bool
+    """True when the channel is an operating setting (load, speed set point, altitude, ...):
+    it defines the operating regime the asset runs in rather than measuring its condition.
+    Training normalises the other channels per regime of the operating settings.
+    """
     @_builtins.property
     def expected_interval(self) -> _duration_pb2.Duration:
         """Nominal time between two readings; used to detect gaps and to build feature windows."""
@@ -261,10 +336,11 @@ class SensorChannel(_message.Message):
         min_value: _builtins.float = ...,
         max_value: _builtins.float = ...,
         expected_interval: _duration_pb2.Duration | None = ...,
+        operating_setting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_interval", b"expected_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_interval", b"expected_interval", "max_value", b"max_value", "min_value", b"min_value", "name", b"name", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_interval", b"expected_interval", "max_value", b"max_value", "min_value", b"min_value", "name", b"name", "operating_setting", b"operating_setting", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1259,6 +1335,158 @@ class UploadTelemetryFileResponse(_message.Message):
 Global___UploadTelemetryFileResponse: _TypeAlias = UploadTelemetryFileResponse  # noqa: Y015
 
 @_typing.final
+class FailureHistoryHeader(_message.Message):
+    """FailureHistoryHeader describes an imported failure history; it is the first message of
+    an import. Each row of the file is one failure (or one finding that an asset was healthy).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DELIMITER_FIELD_NUMBER: _builtins.int
+    ASSET_ID_COLUMN_FIELD_NUMBER: _builtins.int
+    ASSET_ID_PREFIX_FIELD_NUMBER: _builtins.int
+    TIME_COLUMN_FIELD_NUMBER: _builtins.int
+    TIME_KIND_FIELD_NUMBER: _builtins.int
+    FAILURE_MODE_COLUMN_FIELD_NUMBER: _builtins.int
+    CONFIRMED_COLUMN_FIELD_NUMBER: _builtins.int
+    REPAIRED_AT_COLUMN_FIELD_NUMBER: _builtins.int
+    file_name: _builtins.str
+    """Original file name, for the audit trail and error messages."""
+    format: Global___FailureHistoryFormat.ValueType
+    """Syntax of the file."""
+    delimiter: _builtins.str
+    """CSV only: the field delimiter, one character; empty means ","."""
+    asset_id_column: _builtins.str
+    """Column holding the asset id of each row (required)."""
+    asset_id_prefix: _builtins.str
+    """Put in front of each row's asset id (e.g. "plant-1/" turns "press-7" into
+    "plant-1/press-7"); may be empty.
+    """
+    time_column: _builtins.str
+    """Column holding the time of the failure (required)."""
+    time_kind: Global___TimeColumnKind.ValueType
+    """How `time_column` and `repaired_at_column` are written: TIME_COLUMN_KIND_RFC3339 or
+    TIME_COLUMN_KIND_UNIX_SECONDS.
+    """
+    failure_mode_column: _builtins.str
+    """Column holding the failure mode, one of the asset type's `failure_modes` (required; a
+    row's value may be empty when the type declares no failure modes).
+    """
+    confirmed_column: _builtins.str
+    """Column saying whether the failure was confirmed ("true"/"false", "yes"/"no", "1"/"0";
+    a JSON boolean or number in JSON lines); empty when every row is a confirmed failure.
+    """
+    repaired_at_column: _builtins.str
+    """Column holding the time the asset was back in service after the failure, written as
+    `time_kind` says; an empty value means unknown. Empty when the file has none.
+    """
+    def __init__(
+        self,
+        *,
+        file_name: _builtins.str = ...,
+        format: Global___FailureHistoryFormat.ValueType = ...,
+        delimiter: _builtins.str = ...,
+        asset_id_column: _builtins.str = ...,
+        asset_id_prefix: _builtins.str = ...,
+        time_column: _builtins.str = ...,
+        time_kind: Global___TimeColumnKind.ValueType = ...,
+        failure_mode_column: _builtins.str = ...,
+        confirmed_column: _builtins.str = ...,
+        repaired_at_column: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id_column", b"asset_id_column", "asset_id_prefix", b"asset_id_prefix", "confirmed_column", b"confirmed_column", "delimiter", b"delimiter", "failure_mode_column", b"failure_mode_column", "file_name", b"file_name", "format", b"format", "repaired_at_column", b"repaired_at_column", "time_column", b"time_column", "time_kind", b"time_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureHistoryHeader: _TypeAlias = FailureHistoryHeader  # noqa: Y015
+
+@_typing.final
+class ImportFailureHistoryRequest(_message.Message):
+    """ImportFailureHistoryRequest is one message of an import: the header first, then chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the file (at most 1 MiB per message)."""
+    @_builtins.property
+    def header(self) -> Global___FailureHistoryHeader:
+        """The file's description; only in the first message."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___FailureHistoryHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
+
+Global___ImportFailureHistoryRequest: _TypeAlias = ImportFailureHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ImportFailureHistoryResponse(_message.Message):
+    """ImportFailureHistoryResponse summarises an imported failure history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    RECORDED_COUNT_FIELD_NUMBER: _builtins.int
+    QUARANTINED_COUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SAMPLE_REJECTIONS_FIELD_NUMBER: _builtins.int
+    content_hash: _builtins.str
+    """SHA-256 of the uploaded bytes, as "sha256:<hex>"."""
+    row_count: _builtins.int
+    """Number of data rows read."""
+    recorded_count: _builtins.int
+    """Number of outcome labels recorded by this import."""
+    quarantined_count: _builtins.int
+    """Number of rows quarantined (see `counts`, `sample_rejections` and ListQuarantine)."""
+    duplicate_count: _builtins.int
+    """Number of good rows whose label an earlier import of the same file already recorded,
+    or that repeat an earlier row of the file; nothing was recorded again for them.
+    """
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantineCount]:
+        """Quarantined rows per asset and reason."""
+
+    @_builtins.property
+    def sample_rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedReading]:
+        """Up to 10 of the quarantined rows, to help fix the export quickly."""
+
+    def __init__(
+        self,
+        *,
+        content_hash: _builtins.str = ...,
+        row_count: _builtins.int = ...,
+        recorded_count: _builtins.int = ...,
+        quarantined_count: _builtins.int = ...,
+        duplicate_count: _builtins.int = ...,
+        counts: _abc.Iterable[Global___QuarantineCount] | None = ...,
+        sample_rejections: _abc.Iterable[Global___QuarantinedReading] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "counts", b"counts", "duplicate_count", b"duplicate_count", "quarantined_count", b"quarantined_count", "recorded_count", b"recorded_count", "row_count", b"row_count", "sample_rejections", b"sample_rejections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportFailureHistoryResponse: _TypeAlias = ImportFailureHistoryResponse  # noqa: Y015
+
+@_typing.final
 class ListQuarantineRequest(_message.Message):
     """ListQuarantineRequest selects quarantined readings."""
 
@@ -1342,7 +1570,9 @@ class DatasetFile(_message.Message):
     column per channel of the asset type, in its canonical unit (NaN: no good reading).
     Several files may cover one asset and day (data that arrived later): read them all and
     sort by time. A labels file holds the columns `time` (timestamp[us, UTC]), `asset_id`,
-    `asset_type`, `failure_confirmed` (bool), `source`, `failure_mode` and `event_id`.
+    `asset_type`, `failure_confirmed` (bool), `source`, `failure_mode`, `event_id` and
+    `repaired_at` (timestamp[us, UTC], when the asset was back in service after the failure;
+    null when unknown).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

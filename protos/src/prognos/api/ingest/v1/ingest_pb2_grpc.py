@@ -87,6 +87,11 @@ class IngestServiceStub:
                 request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileRequest.SerializeToString,
                 response_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileResponse.FromString,
                 _registered_method=True)
+        self.ImportFailureHistory = channel.stream_unary(
+                '/prognos.api.ingest.v1.IngestService/ImportFailureHistory',
+                request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryRequest.SerializeToString,
+                response_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryResponse.FromString,
+                _registered_method=True)
         self.ListQuarantine = channel.unary_unary(
                 '/prognos.api.ingest.v1.IngestService/ListQuarantine',
                 request_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ListQuarantineRequest.SerializeToString,
@@ -201,6 +206,20 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportFailureHistory(self, request_iterator, context):
+        """ImportFailureHistory imports a plant's failure history (an export of a historian or a
+        maintenance management system), CSV or JSON lines: first one message with the header,
+        then the file's bytes in chunks (up to 1 MiB each), in order. Each good row records an
+        OutcomeLabelRecorded (source "failure-history:sha256:<hex>" of the file's bytes), once
+        however often the same file is uploaded. A bad row (no or unknown asset, a time that
+        cannot be read or lies in the future, a failure mode the asset's type does not declare)
+        is quarantined with its reason and counted; it never fails the upload. A header that
+        cannot be used fails it with INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListQuarantine(self, request, context):
         """ListQuarantine returns quarantined readings, newest first, with counts per asset and
         reason, so that a plant can find and fix a misbehaving gateway.
@@ -271,6 +290,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.UploadTelemetryFile,
                     request_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileRequest.FromString,
                     response_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileResponse.SerializeToString,
+            ),
+            'ImportFailureHistory': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportFailureHistory,
+                    request_deserializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryRequest.FromString,
+                    response_serializer=prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryResponse.SerializeToString,
             ),
             'ListQuarantine': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQuarantine,
@@ -539,6 +563,33 @@ class IngestService:
             '/prognos.api.ingest.v1.IngestService/UploadTelemetryFile',
             prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileRequest.SerializeToString,
             prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.UploadTelemetryFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportFailureHistory(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/prognos.api.ingest.v1.IngestService/ImportFailureHistory',
+            prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryRequest.SerializeToString,
+            prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2.ImportFailureHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,16 @@ class IngestServiceStub:
     comes after the whole file has been validated and stored. The file's batches get ids
     derived from its content hash, so uploading the same file again stores nothing twice.
     """
+    ImportFailureHistory: _grpc.StreamUnaryMultiCallable[_ingest_pb2.ImportFailureHistoryRequest, _ingest_pb2.ImportFailureHistoryResponse]
+    """ImportFailureHistory imports a plant's failure history (an export of a historian or a
+    maintenance management system), CSV or JSON lines: first one message with the header,
+    then the file's bytes in chunks (up to 1 MiB each), in order. Each good row records an
+    OutcomeLabelRecorded (source "failure-history:sha256:<hex>" of the file's bytes), once
+    however often the same file is uploaded. A bad row (no or unknown asset, a time that
+    cannot be read or lies in the future, a failure mode the asset's type does not declare)
+    is quarantined with its reason and counted; it never fails the upload. A header that
+    cannot be used fails it with INVALID_ARGUMENT naming the field.
+    """
     ListQuarantine: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListQuarantineRequest, _ingest_pb2.ListQuarantineResponse]
     """ListQuarantine returns quarantined readings, newest first, with counts per asset and
     reason, so that a plant can find and fix a misbehaving gateway.
@@ -160,6 +170,16 @@ class IngestServiceAsyncStub(IngestServiceStub):
     the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
     comes after the whole file has been validated and stored. The file's batches get ids
     derived from its content hash, so uploading the same file again stores nothing twice.
+    """
+    ImportFailureHistory: _aio.StreamUnaryMultiCallable[_ingest_pb2.ImportFailureHistoryRequest, _ingest_pb2.ImportFailureHistoryResponse]  # type: ignore[assignment]
+    """ImportFailureHistory imports a plant's failure history (an export of a historian or a
+    maintenance management system), CSV or JSON lines: first one message with the header,
+    then the file's bytes in chunks (up to 1 MiB each), in order. Each good row records an
+    OutcomeLabelRecorded (source "failure-history:sha256:<hex>" of the file's bytes), once
+    however often the same file is uploaded. A bad row (no or unknown asset, a time that
+    cannot be read or lies in the future, a failure mode the asset's type does not declare)
+    is quarantined with its reason and counted; it never fails the upload. A header that
+    cannot be used fails it with INVALID_ARGUMENT naming the field.
     """
     ListQuarantine: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListQuarantineRequest, _ingest_pb2.ListQuarantineResponse]  # type: ignore[assignment]
     """ListQuarantine returns quarantined readings, newest first, with counts per asset and
@@ -282,6 +302,22 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         the header, then the file's bytes in chunks (up to 1 MiB each), in order. The response
         comes after the whole file has been validated and stored. The file's batches get ids
         derived from its content hash, so uploading the same file again stores nothing twice.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportFailureHistory(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingest_pb2.ImportFailureHistoryRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ImportFailureHistoryResponse, _abc.Awaitable[_ingest_pb2.ImportFailureHistoryResponse]]:
+        """ImportFailureHistory imports a plant's failure history (an export of a historian or a
+        maintenance management system), CSV or JSON lines: first one message with the header,
+        then the file's bytes in chunks (up to 1 MiB each), in order. Each good row records an
+        OutcomeLabelRecorded (source "failure-history:sha256:<hex>" of the file's bytes), once
+        however often the same file is uploaded. A bad row (no or unknown asset, a time that
+        cannot be read or lies in the future, a failure mode the asset's type does not declare)
+        is quarantined with its reason and counted; it never fails the upload. A header that
+        cannot be used fails it with INVALID_ARGUMENT naming the field.
         """
 
     @_abc_1.abstractmethod

@@ -87,6 +87,8 @@ labels = Table(
     Column("source", String(255), nullable=False),
     Column("failure_mode", String(128), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
+    # When the asset was back in service after the failure; null when unknown.
+    Column("repaired_at_us", BigInteger, nullable=True),
     Column("archived_path", String(512), nullable=True),
     Index("ix_labels_archived_path", "archived_path"),
 )
@@ -231,6 +233,7 @@ async def project(
             failure_confirmed=event.outcome.failure_confirmed,
             source=event.outcome.source,
             failure_mode=event.outcome.failure_mode,
+            repaired_at_us=event.outcome.repaired_at_us,
         )
     elif isinstance(event, DatasetSnapshotCreated):
         _, _, data = encode(event)
@@ -308,6 +311,7 @@ class LabelRow:
     failure_confirmed: bool
     source: str
     failure_mode: str
+    repaired_at_us: int | None = None
 
 
 async def insert_label(conn: AsyncConnection, **values: Any) -> None:
@@ -333,6 +337,7 @@ async def unarchived_labels(conn: AsyncConnection, limit: int = 10_000) -> list[
             r.failure_confirmed,
             r.source,
             r.failure_mode,
+            r.repaired_at_us,
         )
         for r in rows
     ]

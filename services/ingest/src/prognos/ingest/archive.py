@@ -484,6 +484,7 @@ class Archiver:
                     "source": pa.array([r.source for r in rows], pa.string()),
                     "failure_mode": pa.array([r.failure_mode for r in rows], pa.string()),
                     "event_id": pa.array([r.event_id for r in rows], pa.string()),
+                    "repaired_at": pa.array([r.repaired_at_us for r in rows], _TIME),
                 }
             )
             day = _day(day_index)

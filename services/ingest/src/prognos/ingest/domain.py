@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from prognos.core.events import DomainEvent
+
+MAX_FAILURE_MODES = 64
+MAX_FAILURE_MODE_NAME = 63
+MAX_FAILURE_MODE_DESCRIPTION = 1024
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 
 @dataclass(frozen=True)
 class SensorChannel:
-    """One sensor channel of an asset type, in its canonical unit."""
+    """One sensor channel of an asset type, in its canonical unit.
+
+    An operating setting (load, speed set point, altitude) defines the regime the asset
+    runs in rather than measuring its condition.
+    """
 
     name: str
     unit: str
     min_value: float
     max_value: float
     expected_interval_s: float
+    operating_setting: bool = False
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    """One way an asset type is known to fail, named in lower_snake_case."""
+
+    name: str
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,9 +55,14 @@ class AssetTypeSpec:
     channels: tuple[SensorChannel, ...]
     horizon: FailureHorizon
     description: str = ""
+    failure_modes: tuple[FailureMode, ...] = ()
 
     def channel(self, name: str) -> SensorChannel | None:
         return next((c for c in self.channels if c.name == name), None)
+
+    def accepts_failure_mode(self, name: str) -> bool:
+        """Whether a label may name this mode: a type that declares none accepts any."""
+        return not self.failure_modes or any(m.name == name for m in self.failure_modes)
 
 
 class AssetTypeInvalidError(ValueError):
@@ -49,14 +74,28 @@ class AssetTypeInvalidError(ValueError):
         self.description = description
 
 
+def _upcast_spec_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 specs had no failure modes and no operating settings."""
+    spec = dict(data["spec"])
+    spec.setdefault("failure_modes", [])
+    spec["channels"] = [{"operating_setting": False, **c} for c in spec.get("channels", [])]
+    return {**data, "spec": spec}
+
+
 @dataclass(frozen=True)
 class AssetTypeRegistered(DomainEvent):
     spec: AssetTypeSpec
+
+    schema_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_upcast_spec_v1_v2)
 
 
 @dataclass(frozen=True)
 class AssetTypeUpdated(DomainEvent):
     spec: AssetTypeSpec
+
+    schema_version: ClassVar[int] = 2
+    upcast_v1_v2 = staticmethod(_upcast_spec_v1_v2)
 
 
 def validate_spec(spec: AssetTypeSpec) -> None:
@@ -79,8 +118,41 @@ def validate_spec(spec: AssetTypeSpec) -> None:
             raise AssetTypeInvalidError(f"{where}.max_value", "must be above min_value")
         if ch.expected_interval_s <= 0:
             raise AssetTypeInvalidError(f"{where}.expected_interval", "must be positive")
+    if all(ch.operating_setting for ch in spec.channels):
+        raise AssetTypeInvalidError(
+            "asset_type.channels", "at least one channel must measure condition, not a setting"
+        )
+    _validate_failure_modes(spec.failure_modes)
     if spec.horizon.unit not in ("hours", "cycles") or spec.horizon.value <= 0:
         raise AssetTypeInvalidError("asset_type.horizon", "a positive number of hours or cycles")
+
+
+def _validate_failure_modes(modes: tuple[FailureMode, ...]) -> None:
+    if len(modes) > MAX_FAILURE_MODES:
+        raise AssetTypeInvalidError(
+            "asset_type.failure_modes",
+            f"{len(modes)} failure modes, at most {MAX_FAILURE_MODES}",
+        )
+    seen: set[str] = set()
+    for i, mode in enumerate(modes):
+        where = f"asset_type.failure_modes[{i}]"
+        if not is_failure_mode_name(mode.name):
+            raise AssetTypeInvalidError(
+                f"{where}.name",
+                f"lower_snake_case, 1 to {MAX_FAILURE_MODE_NAME} characters, e.g. 'tool_wear'",
+            )
+        if mode.name in seen:
+            raise AssetTypeInvalidError(f"{where}.name", f"duplicate failure mode {mode.name!r}")
+        seen.add(mode.name)
+        if len(mode.description) > MAX_FAILURE_MODE_DESCRIPTION:
+            raise AssetTypeInvalidError(
+                f"{where}.description", f"at most {MAX_FAILURE_MODE_DESCRIPTION} characters"
+            )
+
+
+def is_failure_mode_name(name: str) -> bool:
+    """Whether ``name`` is a lower_snake_case failure mode name of allowed length."""
+    return len(name) <= MAX_FAILURE_MODE_NAME and _SNAKE.fullmatch(name) is not None
 
 
 @dataclass
@@ -149,12 +221,25 @@ class AssetSpec:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Whether an asset failed at a time: a label for training."""
+    """Whether an asset failed at a time: a label for training.
+
+    ``repaired_at_us`` is when the asset was back in service after the failure, if known.
+    """
 
     time_us: int
     failure_confirmed: bool
     source: str
     failure_mode: str = ""
+    repaired_at_us: int | None = None
+
+    def same_fact(self, other: Outcome) -> bool:
+        """Whether both say the same thing (time, verdict, failure mode, from one source)."""
+        return (self.time_us, self.failure_confirmed, self.failure_mode, self.source) == (
+            other.time_us,
+            other.failure_confirmed,
+            other.failure_mode,
+            other.source,
+        )
 
 
 @dataclass(frozen=True)
@@ -168,6 +253,13 @@ class OutcomeRecorded(DomainEvent):
     asset_id: str
     asset_type: str
     outcome: Outcome
+
+    schema_version: ClassVar[int] = 2
+
+    @staticmethod
+    def upcast_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+        """Version 1 outcomes had no repair time."""
+        return {**data, "outcome": {"repaired_at_us": None, **data["outcome"]}}
 
 
 def validate_asset(spec: AssetSpec) -> None:
@@ -204,14 +296,9 @@ class Asset:
         return asset
 
     def record_outcome(self, outcome: Outcome) -> bool:
-        """Record a label; False when the same label (time, verdict, source) is known."""
-        for known in self.outcomes:
-            if (known.time_us, known.failure_confirmed, known.source) == (
-                outcome.time_us,
-                outcome.failure_confirmed,
-                outcome.source,
-            ):
-                return False
+        """Record a label; False when the same label (time, verdict, mode, source) is known."""
+        if any(known.same_fact(outcome) for known in self.outcomes):
+            return False
         self._record(OutcomeRecorded(self.spec.asset_id, self.spec.asset_type, outcome))
         return True
 

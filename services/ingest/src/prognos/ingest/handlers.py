@@ -165,6 +165,8 @@ async def _save_asset(
                 details={
                     "time_us": event.outcome.time_us,
                     "source": event.outcome.source,
+                    "failure_mode": event.outcome.failure_mode,
+                    "repaired_at_us": event.outcome.repaired_at_us,
                     "event_id": record.event_id,
                 },
             )
@@ -244,12 +246,21 @@ async def get_asset(uow: UnitOfWork, asset_id: str) -> Asset:
 
 async def record_outcome(uow: UnitOfWork, command: RecordOutcome) -> bool:
     """Record an outcome label of an asset; False when that label was recorded before."""
-    asset = await get_asset(uow, command.asset_id)
+    return await record_outcomes(uow, command.asset_id, [command.outcome]) == [True]
+
+
+async def record_outcomes(uow: UnitOfWork, asset_id: str, outcomes: list[Outcome]) -> list[bool]:
+    """Record labels of one asset in this transaction; for each, whether it is new.
+
+    A label known before (or given twice) is not recorded again. Each new label is an
+    ``OutcomeRecorded`` event with its audit entry.
+    """
+    asset = await get_asset(uow, asset_id)
     version = asset.version
-    if not asset.record_outcome(command.outcome):
-        return False
-    await _save_asset(uow, asset, version)
-    return True
+    added = [asset.record_outcome(outcome) for outcome in outcomes]
+    if any(added):
+        await _save_asset(uow, asset, version)
+    return added
 
 
 # --- dataset snapshots -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from prognos.ingest.domain import (
     AssetTypeSpec,
     DatasetSnapshotCreated,
     FailureHorizon,
+    FailureMode,
     Outcome,
     SensorChannel,
 )
@@ -43,10 +44,14 @@ def spec_from_proto(message: ingest_pb2.AssetType) -> AssetTypeSpec:
                 min_value=c.min_value,
                 max_value=c.max_value,
                 expected_interval_s=c.expected_interval.ToTimedelta().total_seconds(),
+                operating_setting=c.operating_setting,
             )
             for c in message.channels
         ),
         horizon=horizon,
+        failure_modes=tuple(
+            FailureMode(name=m.name, description=m.description) for m in message.failure_modes
+        ),
     )
 
 
@@ -65,8 +70,11 @@ def spec_to_proto(spec: AssetTypeSpec) -> ingest_pb2.AssetType:
                 min_value=c.min_value,
                 max_value=c.max_value,
                 expected_interval=interval,
+                operating_setting=c.operating_setting,
             )
         )
+    for mode in spec.failure_modes:
+        message.failure_modes.add(name=mode.name, description=mode.description)
     if spec.horizon.unit == "cycles":
         message.horizon.cycles = round(spec.horizon.value)
     else:
@@ -94,7 +102,7 @@ def asset_to_proto(spec: AssetSpec, registered_at_us: int) -> ingest_pb2.Asset:
 def outcome_to_proto(
     asset_id: str, asset_type: str, outcome: Outcome
 ) -> events_pb2.OutcomeLabelRecorded:
-    return events_pb2.OutcomeLabelRecorded(
+    message = events_pb2.OutcomeLabelRecorded(
         asset_id=asset_id,
         asset_type=asset_type,
         time=timestamp_us(outcome.time_us),
@@ -102,6 +110,9 @@ def outcome_to_proto(
         source=outcome.source,
         failure_mode=outcome.failure_mode,
     )
+    if outcome.repaired_at_us is not None:
+        message.repaired_at.CopyFrom(timestamp_us(outcome.repaired_at_us))
+    return message
 
 
 def snapshot_to_proto(event: DatasetSnapshotCreated) -> ingest_pb2.DatasetSnapshot:

@@ -24,6 +24,12 @@ Every status carries an ``ErrorInfo`` whose ``reason`` (UPPER_SNAKE) is what cli
 on, whose ``domain`` names the service, and whose metadata holds the trace id under
 ``trace_id``. Any other exception becomes ``INTERNAL``: its traceback goes to the log and to
 the server span, never to the caller.
+
+Error texts speak the contract: a field violation names the request field as the ``.proto``
+spells it and states the limit ("at most 200 characters", "must be in (0, 1]"; NaN and
+infinities are ``NOT_FINITE``, "must be a finite number"). A bad value is shown only through
+``quote`` (``shorten`` where it stands unquoted), at most ``QUOTE_LIMIT`` characters of it;
+``NotFoundError`` and ``AlreadyExistsError`` shorten the names they are given themselves.
 """
 
 from __future__ import annotations
@@ -46,9 +52,12 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode as SpanStatusCode
 
 from prognos.core.handlers import responses, rewrap
+from prognos.core.quoting import NOT_FINITE, QUOTE_LIMIT, quote, shorten
 
 __all__ = [
     "DETAILS_METADATA_KEY",
+    "NOT_FINITE",
+    "QUOTE_LIMIT",
     "TRACE_ID_KEY",
     "AlreadyExistsError",
     "ConcurrencyError",
@@ -65,6 +74,8 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "from_grpc_error",
+    "quote",
+    "shorten",
     "to_rpc_status",
     "typed_rpc_errors",
 ]
@@ -279,10 +290,11 @@ class _ResourceError(PrognosError):
             metadata: String facts about the error.
         """
         self.resource_type = resource_type
-        self.name = name
+        # The caller chose the name: keep only a short prefix of a long one (see quoting).
+        self.name = shorten(name)
         self.owner = owner
         if message is None:
-            message = f"{resource_type} {name!r} {self._verb}"
+            message = f"{resource_type} {quote(name)} {self._verb}"
         super().__init__(message, reason=reason, domain=domain, metadata=metadata)
 
     def details(self) -> list[Message]:

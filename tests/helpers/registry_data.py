@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -118,6 +119,12 @@ def write_snapshot(
         )
         relative = f"labels/asset_type={asset_type}/asset={asset}/day=all/labels-{name}.parquet"
         files.append(_write(archive, relative, labels, 1, asset, "labels"))
+    return _listing(archive, name, asset_type, files)
+
+
+def _listing(
+    archive: Path, name: str, asset_type: str, files: list[ingest_pb2.DatasetFile]
+) -> ingest_pb2.DatasetSnapshot:
     files.sort(key=lambda f: f.path)
     listing = "".join(f"{f.path} {f.content_hash}\n" for f in files)
     snapshot = ingest_pb2.DatasetSnapshot(
@@ -154,3 +161,51 @@ def _write(
         ),
         asset_id=asset,
     )
+
+
+def write_frames(
+    archive: Path,
+    *,
+    name: str,
+    asset_type: str,
+    readings: pd.DataFrame,
+    failures: pd.DataFrame,
+) -> ingest_pb2.DatasetSnapshot:
+    """The snapshot of any asset type's readings (``time``, ``asset_id``, channels) and failures.
+
+    ``failures`` has ``time``, ``asset_id``, and optionally ``failure_mode`` and
+    ``repaired_at``; one labels file per asset that failed, one telemetry file per asset.
+    """
+    files = []
+    channels = [c for c in readings.columns if c not in ("time", "asset_id")]
+    for n, (asset, rows) in enumerate(readings.groupby("asset_id", sort=True), start=1):
+        columns: dict[str, pa.Array] = {
+            "time": pa.array(rows["time"].dt.floor("us"), _TIME),
+            "asset_id": pa.array(rows["asset_id"], pa.string()),
+            "batch_id": pa.array(["b0"] * len(rows), pa.string()),
+            "stream_sequence": pa.array(np.full(len(rows), n, dtype=np.int64)),
+        }
+        for channel in channels:
+            columns[channel] = pa.array(rows[channel].to_numpy(np.float64))
+        relative = f"telemetry/asset_type={asset_type}/asset={asset}/day=all/part-{n:012d}.parquet"
+        files.append(_write(archive, relative, pa.table(columns), len(rows), asset, "telemetry"))
+        failed = failures[failures["asset_id"] == asset]
+        if failed.empty:
+            continue
+        count = len(failed)
+        label_columns = {
+            "time": pa.array(failed["time"].dt.floor("us"), _TIME),
+            "asset_id": pa.array([asset] * count, pa.string()),
+            "asset_type": pa.array([asset_type] * count, pa.string()),
+            "failure_confirmed": pa.array([True] * count),
+            "source": pa.array([f"test:{name}"] * count, pa.string()),
+            "failure_mode": pa.array(
+                failed.get("failure_mode", pd.Series([""] * count)).tolist(), pa.string()
+            ),
+            "event_id": pa.array([f"{name}-{asset}-{i}" for i in range(count)], pa.string()),
+        }
+        if "repaired_at" in failed.columns:
+            label_columns["repaired_at"] = pa.array(failed["repaired_at"].dt.floor("us"), _TIME)
+        relative = f"labels/asset_type={asset_type}/asset={asset}/day=all/labels-{name}.parquet"
+        files.append(_write(archive, relative, pa.table(label_columns), count, asset, "labels"))
+    return _listing(archive, name, asset_type, files)

@@ -1,10 +1,14 @@
 """Training data for a worker: a C-MAPSS text file, or a dataset snapshot's Parquet files.
 
-Both become a frame in the ``load_cmapss`` layout (``unit``, ``cycle``, three operating
-settings, 21 sensors) in which every unit runs to failure.
+A snapshot of any asset type becomes the lives of its assets on the type's own time base
+and channels (``training.lives``): failed lives and censored ones, settings and features
+as the type declares them, horizon in the type's unit.
 
-A snapshot's telemetry files hold one column per channel of the asset type; the turbofan
-channels ``op_setting_<n>`` and ``sensor_<n>`` become ``setting_<n>`` and ``s<n>``. Its label
+The turbofan layout keeps its own path, so its figures stay those of the C-MAPSS files: a
+C-MAPSS file, or a snapshot whose type has the turbofan channels, becomes a frame in the
+``load_cmapss`` layout (``unit``, ``cycle``, three operating settings, 21 sensors) in which
+every unit runs to failure. The turbofan channels ``op_setting_<n>`` and ``sensor_<n>``
+become ``setting_<n>`` and ``s<n>``. Its label
 files say when each asset failed: the rows of an asset up to (and including) a confirmed
 failure are one run to failure, a "unit"; rows after an asset's last failure are censored and
 left out. Missing readings (NaN) are carried forward within a unit. Units are numbered in
@@ -29,12 +33,12 @@ import pyarrow.parquet as pq
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.registry.artifacts import local_path, sha256_of
 from prognos.registry.training.data import COLUMNS, CYCLE, SENSORS, SETTINGS, UNIT, load_cmapss
+from prognos.registry.training.lives import FAILED, Layout, LivesError, assemble, natural_key
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
 _CHANNEL = re.compile(r"^(?:op_setting_(\d+)|sensor_(\d+))$")
-_DIGITS = re.compile(r"(\d+)")
 
 
 class TrainingDataError(ValueError):
@@ -43,11 +47,16 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Run-to-failure units in the C-MAPSS layout, and where they came from."""
+    """Units (lives) to train on, and where they came from.
+
+    ``layout`` is ``None`` for the C-MAPSS layout (every unit ran to failure); otherwise it
+    names the type's channels and time base, and the frame has ``rul`` and ``failed``.
+    """
 
     frame: pd.DataFrame
     label_set: str
     assets: dict[int, str] = field(default_factory=dict)
+    layout: Layout | None = None
 
     @property
     def units(self) -> int:
@@ -69,8 +78,65 @@ def column_of(channel: str) -> str | None:
     return f"setting_{setting}" if setting else f"s{sensor}"
 
 
-def from_snapshot(snapshot: ingest_pb2.DatasetSnapshot) -> TrainingData:
+def is_turbofan(asset_type: ingest_pb2.AssetType) -> bool:
+    """Whether the type has every C-MAPSS channel, so it trains in the C-MAPSS layout."""
+    names = {column_of(c.name) for c in asset_type.channels}
+    return set(SETTINGS) | set(SENSORS) <= names
+
+
+def layout_of(asset_type: ingest_pb2.AssetType, *, gap_fill_steps: int = 3) -> Layout:
+    """The channels and time base of an asset type, as training reads them.
+
+    A type whose horizon counts cycles steps once per reading; any other steps at the
+    shortest expected interval of its channels.
+
+    Raises:
+        TrainingDataError: the type has no condition channel, or steps in wall time without
+            an expected interval.
+    """
+    settings = tuple(c.name for c in asset_type.channels if _is_setting(c))
+    features = tuple(c.name for c in asset_type.channels if not _is_setting(c))
+    if not features:
+        raise TrainingDataError(
+            f"asset type {asset_type.name} has no channel besides its operating settings"
+        )
+    if asset_type.horizon.WhichOneof("horizon") == "cycles":
+        return Layout(features, settings, None, float(asset_type.horizon.cycles), gap_fill_steps)
+    intervals = [
+        c.expected_interval.ToTimedelta().total_seconds()
+        for c in asset_type.channels
+        if c.HasField("expected_interval") and c.expected_interval.ToTimedelta().total_seconds() > 0
+    ]
+    if not intervals:
+        raise TrainingDataError(
+            f"asset type {asset_type.name} gives no expected interval for its channels: "
+            "training needs it to put readings on a time base"
+        )
+    step = min(intervals)
+    horizon = asset_type.horizon.duration.ToTimedelta().total_seconds()
+    if horizon <= 0:
+        raise TrainingDataError(f"asset type {asset_type.name} has no failure horizon")
+    return Layout(features, settings, step, horizon / step, gap_fill_steps)
+
+
+def _is_setting(channel: ingest_pb2.SensorChannel) -> bool:
+    # Types stored before channels could be marked carry no such field.
+    return bool(getattr(channel, "operating_setting", False))
+
+
+def from_snapshot(
+    snapshot: ingest_pb2.DatasetSnapshot,
+    asset_type: ingest_pb2.AssetType | None = None,
+    *,
+    gap_fill_steps: int = 3,
+) -> TrainingData:
     """Read, verify and assemble the Parquet files of a dataset snapshot.
+
+    Args:
+        snapshot: The snapshot.
+        asset_type: Its asset type's definition; without it, or for the turbofan channels,
+            the C-MAPSS layout.
+        gap_fill_steps: Steps a missing reading is carried forward on the type's time base.
 
     Raises:
         TrainingDataError: a file is missing or differs from its hash, channels are missing,
@@ -101,11 +167,24 @@ def from_snapshot(snapshot: ingest_pb2.DatasetSnapshot) -> TrainingData:
         )
     readings = _in_range(pd.concat(telemetry, ignore_index=True), snapshot)
     outcomes = _in_range(pd.concat(labels, ignore_index=True), snapshot)
+    if "repaired_at" in outcomes.columns:
+        outcomes["repaired_at"] = pd.to_datetime(outcomes["repaired_at"], utc=True)
     if "asset_type" in outcomes.columns:
         outcomes = outcomes[outcomes["asset_type"] == snapshot.asset_type]
     failures = outcomes[outcomes["failure_confirmed"].astype(bool)]
-    frame, assets = _units(readings, failures)
     digest = hashlib.sha256("".join(label_lines).encode()).hexdigest()
+    if asset_type is not None and not is_turbofan(asset_type):
+        layout = layout_of(asset_type, gap_fill_steps=gap_fill_steps)
+        try:
+            frame, assets = assemble(readings, failures, layout)
+        except LivesError as e:
+            raise TrainingDataError(f"snapshot {snapshot.name}: {e}") from None
+        if not frame[FAILED].any():
+            raise TrainingDataError(
+                f"snapshot {snapshot.name}: no asset ran to a confirmed failure"
+            )
+        return TrainingData(frame, f"sha256:{digest}", assets, layout)
+    frame, assets = _units(readings, failures)
     return TrainingData(frame, label_set=f"sha256:{digest}", assets=assets)
 
 
@@ -156,7 +235,7 @@ def _units(readings: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame
     assets: dict[int, str] = {}
     unit = 0
     groups = dict(list(readings.groupby("asset_id", sort=False)))
-    for asset in sorted(groups, key=_natural):
+    for asset in sorted(groups, key=natural_key):
         rows = groups[asset]
         start = None
         for failed_at in failure_times.get(asset, []):
@@ -179,10 +258,3 @@ def _units(readings: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame
     frame = pd.concat(pieces, ignore_index=True)[list(COLUMNS)]
     frame[UNIT] = frame[UNIT].astype(np.int64)
     return frame.reset_index(drop=True), assets
-
-
-def _natural(asset_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts ``p1-unit-2`` before ``p1-unit-10``: units keep the file's order."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(asset_id)
-    )

@@ -419,10 +419,15 @@ class TrainingRunner:
                 "champion", ""
             )
             champion = await adapters.get_model_version(conn, champion_id) if champion_id else None
+        asset_type_file = ""
         if definition is not None:
             asset_type = ingest_pb2.AssetType.FromString(definition)
             if asset_type.horizon.WhichOneof("horizon") == "cycles":
                 horizon = float(asset_type.horizon.cycles)
+            # The worker assembles training data from the type's own channels and time base.
+            asset_type_file = str(
+                await asyncio.to_thread(_write, work / "asset_type.pb", definition)
+            )
         if run.source.dataset_snapshot_id:
             if snapshot_data is None:
                 raise WorkerFailedError(
@@ -456,6 +461,7 @@ class TrainingRunner:
             "asset_type": run.asset_type,
             "hyperparameters": run.hyperparameters,
             "horizon_cycles": horizon,
+            "asset_type_file": asset_type_file,
             "source": source,
             "champion_bundle": champion_bundle,
             "out": str(work / "bundle"),

@@ -62,6 +62,8 @@ EVALUATION_FILES = (
     "evaluation_test.txt",
     "evaluation_truth.txt",
 )
+#: The evaluation files of a model of any other asset type: the held-out cuts as Parquet.
+LIVES_EVALUATION_FILES = ("evaluation.json", "evaluation_report.png", "evaluation_cuts.parquet")
 
 
 class CancelledError(Exception):
@@ -185,7 +187,6 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     """
     from prognos.registry import datasets
     from prognos.registry.artifacts import pack_directory
-    from prognos.registry.training.data import make_nasa_test, split_units, write_nasa_files
 
     def check() -> None:
         if cancelled.is_set():
@@ -197,21 +198,23 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         from prognos.api.ingest.v1 import ingest_pb2
 
         snapshot = ingest_pb2.DatasetSnapshot.FromString(Path(source["snapshot_file"]).read_bytes())
-        loaded = datasets.from_snapshot(snapshot)
+        asset_type = None
+        if spec.get("asset_type_file"):
+            asset_type = ingest_pb2.AssetType.FromString(Path(spec["asset_type_file"]).read_bytes())
+        loaded = datasets.from_snapshot(snapshot, asset_type)
     else:
         loaded = datasets.from_cmapss_file(Path(source["path"]), source["content_hash"])
 
-    from prognos.registry.training import (
-        TrainedModel,
-        evaluate_cmapss,
-        export_serving,
-        render_report,
-        train,
-    )
+    from prognos.registry.training import TrainedModel, export_serving, render_report, train
 
-    config, evaluation, data_params = parse_hyperparameters(
-        spec.get("hyperparameters", {}), horizon_cycles=spec.get("horizon_cycles")
-    )
+    raw = spec.get("hyperparameters", {})
+    horizon = spec.get("horizon_cycles")
+    if loaded.layout is not None:
+        horizon = loaded.layout.horizon_steps
+    config, evaluation, data_params = parse_hyperparameters(raw, horizon_cycles=horizon)
+    if loaded.layout is not None and "rul_clip" not in raw:
+        # The RUL a model can tell apart must reach well past the horizon it is asked about.
+        config = replace(config, rul_clip=max(config.rul_clip, 2.0 * config.horizon_cycles))
     progress = _Progress(emit, config.epochs)
     frame = loaded.frame
     if data_params["max_units"] > 0:
@@ -219,31 +222,37 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         frame = frame[frame["unit"].isin(keep)].reset_index(drop=True)
     units = int(frame["unit"].nunique())
     if units < 2:
-        raise ValueError(f"{units} run-to-failure unit(s): need at least two to hold one out")
+        raise ValueError(f"{units} unit(s) to learn from: need at least two to hold one out")
     if evaluation["holdout_units"] >= units:
         evaluation["holdout_units"] = max(1, units // 5)
-    training, held_out = split_units(
-        frame, evaluation["holdout_units"], seed=evaluation["split_seed"]
-    )
-    test, truth = make_nasa_test(
-        held_out, seed=evaluation["test_seed"], truncations_per_unit=evaluation["truncations"]
-    )
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
-    test_file, truth_file = out / "evaluation_test.txt", out / "evaluation_truth.txt"
-    write_nasa_files(test, truth, test_file, truth_file)
+    held_out_protocol = (
+        _LivesProtocol(frame, config, evaluation, out, loaded.layout)
+        if loaded.layout is not None
+        else _CmapssProtocol(frame, evaluation, out)
+    )
     check()
 
     # While training, SIGTERM stops after the batch in progress; otherwise it ends the process.
     previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: cancelled.set())
+    columns: dict[str, Any] = {}
+    if loaded.layout is not None:
+        columns = {"sensors": loaded.layout.features, "settings": loaded.layout.settings}
     try:
-        trained = train(training, config, progress=progress.training, cancelled=cancelled.is_set)
+        trained = train(
+            held_out_protocol.training,
+            config,
+            progress=progress.training,
+            cancelled=cancelled.is_set,
+            **columns,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     check()
 
     progress.phase("evaluating", 0.87)
-    result = evaluate_cmapss(trained, test_file, truth_file)
+    result = held_out_protocol.evaluate(trained)
     title = (
         f"{spec['asset_type']} run {spec['run_id']}: {evaluation['holdout_units']} held-out units"
     )
@@ -251,8 +260,13 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     champion_metrics: dict[str, float] = {}
     if spec.get("champion_bundle"):
-        champion = TrainedModel.load(spec["champion_bundle"])
-        champion_metrics = headline(evaluate_cmapss(champion, test_file, truth_file))
+        try:
+            champion_metrics = headline(
+                held_out_protocol.evaluate(TrainedModel.load(spec["champion_bundle"]))
+            )
+        except (KeyError, ValueError) as error:
+            # A champion of another layout (other channels) cannot read these windows.
+            print(f"champion not comparable: {error}", file=sys.stderr)
     check()
 
     progress.phase("exporting", 0.92)
@@ -274,21 +288,93 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         {
             "epochs": float(len(trained.history)),
             "train_seconds": trained.train_seconds,
-            "train_units": float(training["unit"].nunique()),
-            "held_out_units": float(held_out["unit"].nunique()),
+            "train_units": float(held_out_protocol.training["unit"].nunique()),
+            "held_out_units": float(held_out_protocol.held_out_units),
             "rows": float(len(frame)),
             "parameters": float(trained.model.count_params()),
         }
     )
+    if loaded.layout is not None:
+        training_metrics["censored_units"] = float(
+            frame.groupby("unit")["failed"].first().eq(0).sum()
+        )
     return {
         "bundle": str(out),
-        "artifacts": [*BUNDLE_FILES, *SERVING_FILES, *EVALUATION_FILES],
+        "artifacts": [*BUNDLE_FILES, *SERVING_FILES, *held_out_protocol.files],
         "metrics": metrics,
         "training_metrics": training_metrics,
         "champion_metrics": champion_metrics,
         "hyperparameters": effective_hyperparameters(config, evaluation, data_params),
         "label_set": loaded.label_set,
     }
+
+
+class _CmapssProtocol:
+    """Held-out units cut the NASA way, written as a NASA-format test and truth file."""
+
+    files = EVALUATION_FILES
+
+    def __init__(self, frame: Any, evaluation: dict[str, int], out: Path) -> None:
+        from prognos.registry.training.data import make_nasa_test, split_units, write_nasa_files
+
+        self.training, held_out = split_units(
+            frame, evaluation["holdout_units"], seed=evaluation["split_seed"]
+        )
+        self.held_out_units = int(held_out["unit"].nunique())
+        test, truth = make_nasa_test(
+            held_out, seed=evaluation["test_seed"], truncations_per_unit=evaluation["truncations"]
+        )
+        self._test, self._truth = out / "evaluation_test.txt", out / "evaluation_truth.txt"
+        write_nasa_files(test, truth, self._test, self._truth)
+
+    def evaluate(self, trained: Any) -> dict[str, Any]:
+        from prognos.registry.training import evaluate_cmapss
+
+        return evaluate_cmapss(trained, self._test, self._truth)
+
+
+class _LivesProtocol:
+    """Held-out lives of any asset type cut the NASA way, kept as a Parquet file."""
+
+    files = LIVES_EVALUATION_FILES
+
+    def __init__(
+        self,
+        frame: Any,
+        config: TrainConfig,
+        evaluation: dict[str, int],
+        out: Path,
+        layout: Any,
+    ) -> None:
+        from prognos.registry.training.data import split_units
+        from prognos.registry.training.lives import truncations
+
+        failed_units = frame.loc[frame["failed"] == 1, "unit"].unique()
+        self.training, held_out = split_units(
+            frame, evaluation["holdout_units"], seed=evaluation["split_seed"]
+        )
+        if not held_out["failed"].any() and len(failed_units) > 1:
+            # Hold out a failed life too, or the RUL could not be scored at all.
+            swap = int(failed_units[-1])
+            held_out = frame[frame["unit"].isin([*held_out["unit"].unique(), swap])]
+            self.training = frame[~frame["unit"].isin(held_out["unit"].unique())]
+        self.held_out_units = int(held_out["unit"].nunique())
+        self._cut, self._truth, self._failed = truncations(
+            held_out,
+            evaluation["test_seed"],
+            per_unit=evaluation["truncations"],
+            rul_clip=config.rul_clip,
+            min_steps=min(31, config.window),
+        )
+        truth_of = dict(enumerate(self._truth.tolist(), start=1))
+        self._cut.assign(truth=self._cut["unit"].map(truth_of)).to_parquet(
+            out / "evaluation_cuts.parquet"
+        )
+
+    def evaluate(self, trained: Any) -> dict[str, Any]:
+        from prognos.registry.training.evaluation import evaluate_lives
+
+        return evaluate_lives(trained, self._cut, self._truth, self._failed)
 
 
 def evaluate_command(

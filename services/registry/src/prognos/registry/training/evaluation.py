@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from prognos.registry.training.data import load_cmapss, load_truth
 from prognos.registry.training.metrics import (
@@ -100,6 +101,53 @@ def evaluate_cmapss(
         horizon_cycles=trained.preprocessing.horizon_cycles,
         units=predictions["unit"].to_numpy(),
     )
+
+
+def evaluate_lives(
+    trained: TrainedModel, cut: pd.DataFrame, truth: np.ndarray, failed: np.ndarray
+) -> dict[str, Any]:
+    """The last-cycle protocol on held-out lives of any asset type (``lives.truncations``).
+
+    RMSE, score and the per-unit rows use the cuts of lives that ended in a failure; the
+    binary view and calibration also use the cuts of censored lives whose label is known
+    (more than a horizon observed after the cut: the asset did not fail within it).
+
+    Returns:
+        The keys of ``evaluate_predictions`` over the failed cuts, with the binary and
+        calibration figures over every cut with a known label, and ``censored_cuts``.
+    """
+    predictions = predict_last_cycle(trained, cut)
+    rul = predictions["rul"].to_numpy()
+    probability = predictions["failure_probability"].to_numpy()
+    units = predictions["unit"].to_numpy()
+    clip, horizon = trained.preprocessing.rul_clip, trained.preprocessing.horizon_cycles
+    failed = np.asarray(failed, bool)
+    if not failed.any():
+        raise ValueError("no held-out life ended in a failure: nothing to score RUL against")
+    result = evaluate_predictions(
+        rul[failed],
+        probability[failed],
+        truth[failed],
+        rul_clip=clip,
+        horizon_cycles=horizon,
+        units=units[failed],
+    )
+    known = failed | (truth > horizon)
+    failing = failed & (truth <= horizon)
+    table = reliability_bins(probability[known], failing[known])
+    result.update(
+        {
+            "units": int(known.sum()),
+            "failed_cuts": int(failed.sum()),
+            "censored_cuts": int((known & ~failed).sum()),
+            "binary": binary_metrics(probability[known] >= 0.5, failing[known]),
+            "binary_from_rul": binary_metrics(rul[known] <= horizon, failing[known]),
+            "brier": brier_score(probability[known], failing[known]),
+            "expected_calibration_error": expected_calibration_error(table),
+            "calibration": table,
+        }
+    )
+    return result
 
 
 def render_report(evaluation: dict[str, Any], path: str | Path, *, title: str = "") -> Path:

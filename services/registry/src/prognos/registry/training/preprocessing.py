@@ -96,7 +96,9 @@ def _steps(decimals: Sequence[int], columns: int) -> np.ndarray:
 
 
 def _nearest(settings: np.ndarray, centroids: np.ndarray, step: np.ndarray) -> np.ndarray:
-    distance = (((settings[:, None, :] - centroids[None, :, :]) / step) ** 2).sum(axis=2)
+    squares = ((settings[:, None, :] - centroids[None, :, :]) / step) ** 2
+    # A missing setting (a gap on the time base) is left out of the distance, as in serving.
+    distance = np.nansum(squares, axis=2) if np.isnan(squares).any() else squares.sum(axis=2)
     return np.argmin(distance, axis=1)
 
 
@@ -142,8 +144,14 @@ class Preprocessing:
         C-MAPSS), when given, becomes the last input feature.
         """
         raw_settings = frame[list(settings)].to_numpy(np.float64)
-        centroids = detect_regimes(raw_settings, setting_decimals)
-        regimes = assign_regimes(raw_settings, centroids, setting_decimals)
+        if settings:
+            known = np.isfinite(raw_settings).all(axis=1)
+            centroids = detect_regimes(raw_settings[known], setting_decimals)
+            regimes = assign_regimes(raw_settings, centroids, setting_decimals)
+        else:  # no operating settings: one regime
+            setting_decimals = ()
+            centroids = np.zeros((1, 0))
+            regimes = np.zeros(len(frame), dtype=np.int64)
         kept: list[str] = []
         dropped: list[str] = []
         for sensor in sensors:
@@ -151,6 +159,7 @@ class Preprocessing:
             informative = False
             for k in range(len(centroids)):
                 part = values[regimes == k]
+                part = part[np.isfinite(part)]  # a gap on the time base is NaN
                 if len(part) < 2:
                     continue
                 _, counts = np.unique(part, return_counts=True)
@@ -163,8 +172,9 @@ class Preprocessing:
         means, stds = [], []
         for k in range(len(centroids)):
             part = data[regimes == k]
-            mean = part.mean(axis=0)
-            std = part.std(axis=0)
+            gaps = np.isnan(part).any()
+            mean = np.nanmean(part, axis=0) if gaps else part.mean(axis=0)
+            std = np.nanstd(part, axis=0) if gaps else part.std(axis=0)
             means.append(tuple(float(v) for v in mean))
             stds.append(tuple(float(v) if v > 1e-12 else 1.0 for v in std))
         age_mean, age_std = 0.0, 1.0
@@ -230,6 +240,8 @@ class Preprocessing:
             raise ValueError("training rows need the 'rul' column (see data.add_rul)")
         frame = frame.sort_values([UNIT, CYCLE], kind="stable")
         normalised = self.normalise(frame)
+        # A value still missing after the gap fill reads as its regime's mean, as in serving.
+        normalised[np.isnan(normalised)] = 0.0
         rul = frame[RUL].to_numpy(np.float64)
         windows = []
         for rows in _unit_slices(frame[UNIT].to_numpy()):
@@ -242,6 +254,7 @@ class Preprocessing:
         """The window ending at each unit's last row: ``(windows, unit ids)`` in unit order."""
         frame = frame.sort_values([UNIT, CYCLE], kind="stable")
         normalised = self.normalise(frame)
+        normalised[np.isnan(normalised)] = 0.0
         units = frame[UNIT].to_numpy()
         windows = [pad_window(normalised[rows], self.window) for rows in _unit_slices(units)]
         return np.stack(windows), np.unique(units)
@@ -325,12 +338,7 @@ def reference_distributions(
     features: dict[str, Any] = {}
     for i, name in enumerate(preprocessing.features):
         features[name] = {
-            space: {
-                "mean": float(values[:, i].mean()),
-                "std": float(values[:, i].std()),
-                "quantiles": [float(v) for v in np.quantile(values[:, i], levels)],
-                "sample": [float(v) for v in values[pick, i]],
-            }
+            space: _distribution(values[:, i], values[pick, i], levels)
             for space, values in (("raw", raw), ("normalised", normalised))
         }
     return {
@@ -340,4 +348,17 @@ def reference_distributions(
             float(v) for v in np.bincount(regimes, minlength=preprocessing.n_regimes) / len(frame)
         ],
         "features": features,
+    }
+
+
+def _distribution(values: np.ndarray, sample: np.ndarray, levels: np.ndarray) -> dict[str, Any]:
+    """Mean, std, quantiles and a sample of one feature, over its readings (NaN: none)."""
+    if np.isnan(values).any():
+        values = values[~np.isnan(values)]
+        sample = sample[~np.isnan(sample)]
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "quantiles": [float(v) for v in np.quantile(values, levels)],
+        "sample": [float(v) for v in sample],
     }

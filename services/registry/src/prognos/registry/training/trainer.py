@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from prognos.registry.training.data import CYCLE, RUL, UNIT, add_rul
+from prognos.registry.training.data import CYCLE, RUL, SENSORS, SETTINGS, UNIT, add_rul
+from prognos.registry.training.lives import FAILED, censoring_weights, setting_decimals
 from prognos.registry.training.models import (
     PROBABILITY_OUTPUT,
     RUL_OUTPUT,
@@ -152,18 +153,26 @@ def train(
     config: TrainConfig = TrainConfig(),
     progress: ProgressCallback | None = None,
     cancelled: CancelledCheck | None = None,
+    *,
+    sensors: Sequence[str] = SENSORS,
+    settings: Sequence[str] = SETTINGS,
 ) -> TrainedModel:
-    """Fit preprocessing and network on run-to-failure rows of one asset type.
+    """Fit preprocessing and network on the lives of one asset type.
 
     Runs in the calling thread; a worker process calls it directly.
 
     Args:
         frame: Rows in the ``load_cmapss`` layout, every unit run to failure (``rul`` is
-            added when missing).
+            added when missing), or the rows of ``lives.assemble``, whose censored lives
+            (``failed`` 0) teach only what their bound on the RUL tells
+            (``lives.censoring_weights``).
         config: Hyper-parameters.
         progress: Called with the fraction done (0..1) and the latest metrics after the
             preprocessing and after every epoch.
         cancelled: Polled after every batch; when it returns true, training stops.
+        sensors: The condition channels (the C-MAPSS sensors by default).
+        settings: The operating-setting channels; ``config.setting_decimals`` rounds them
+            when it has one value per setting, otherwise a rounding is fitted to the data.
 
     Returns:
         The trained model.
@@ -175,15 +184,27 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if RUL not in frame.columns:
         frame = add_rul(frame)
+    decimals = config.setting_decimals
+    if len(decimals) != len(settings):
+        decimals = setting_decimals(frame, settings)
     preprocessing = Preprocessing.fit(
         frame,
         window=config.window,
         rul_clip=config.rul_clip,
         horizon_cycles=config.horizon_cycles,
-        setting_decimals=config.setting_decimals,
+        setting_decimals=decimals,
+        sensors=sensors,
+        settings=settings,
         age_column=CYCLE if config.age_feature else None,
     )
     windows, rul, failing = preprocessing.training_windows(frame)
+    sample_weight: dict[str, np.ndarray] | None = None
+    if FAILED in frame.columns and not frame[FAILED].all():
+        ordered = frame.sort_values([UNIT, CYCLE], kind="stable")
+        rul_weight, probability_weight, failing = censoring_weights(
+            ordered, config.rul_clip, config.horizon_cycles
+        )
+        sample_weight = {}
     if progress is not None:
         progress(0.0, {"windows": float(len(windows)), "units": float(frame[UNIT].nunique())})
     if cancelled is not None and cancelled():
@@ -213,6 +234,9 @@ def train(
         losses[f"m{m}_probability"] = "binary_crossentropy"
         weights[f"m{m}_rul_scaled"] = 1.0
         weights[f"m{m}_probability"] = config.probability_weight
+        if sample_weight is not None:
+            sample_weight[f"m{m}_rul_scaled"] = rul_weight
+            sample_weight[f"m{m}_probability"] = probability_weight
     steps = config.epochs * int(np.ceil(len(windows) / config.batch))
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(steps, 1))
     networks.training.compile(
@@ -222,6 +246,7 @@ def train(
     networks.training.fit(
         windows,
         targets,
+        sample_weight=sample_weight,
         batch_size=config.batch,
         epochs=config.epochs,
         shuffle=True,

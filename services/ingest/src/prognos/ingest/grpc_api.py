@@ -25,6 +25,7 @@ from prognos.ingest.domain import (
     snapshot_content_hash,
     validate_snapshot_name,
 )
+from prognos.ingest.failures import FailureHistoryImporter, plan_of
 from prognos.ingest.intake import TELEMETRY_STREAM, Pending, now_us
 from prognos.ingest.translate import (
     asset_to_proto,
@@ -115,6 +116,34 @@ def _guarded(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+async def _header_and_chunks(
+    request_iterator: AsyncIterator[Any],
+) -> tuple[Any, AsyncIterator[bytes]]:
+    """The header of an upload (its first message) and an iterator of its chunks."""
+    iterator = aiter(request_iterator)
+    first = await anext(iterator, None)
+    if first is None:
+        raise InvalidArgumentError([("header", "send the file's header first")])
+    if isinstance(first, Unreadable):
+        raise _unreadable(first)
+    if first.WhichOneof("content") != "header":
+        raise InvalidArgumentError([("header", "the first message must hold the header")])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        index = 1
+        async for request in iterator:
+            if isinstance(request, Unreadable):
+                raise _unreadable(request, f"messages[{index}]")
+            if request.WhichOneof("content") != "chunk":
+                raise InvalidArgumentError(
+                    [(f"messages[{index}].header", "only the first message holds the header")]
+                )
+            yield request.chunk
+            index += 1
+
+    return first.header, chunks()
+
+
 @dataclass
 class _StreamTally:
     """What one telemetry stream delivered, for its audit entries."""
@@ -186,6 +215,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._stall = settings.telemetry_stall_timeout_s
         self._window = max(1, settings.telemetry_window)
         self._background: set[asyncio.Task[None]] = set()
+        self._failures = FailureHistoryImporter(
+            store,
+            intake,
+            files,
+            max_future_s=settings.telemetry_max_future_s,
+            stall_timeout_s=self._stall,
+        )
 
     # -- asset types ------------------------------------------------------------------------
 
@@ -358,30 +394,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         request_iterator: AsyncIterator[ingest_pb2.UploadTelemetryFileRequest | Unreadable],
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.UploadTelemetryFileResponse:
-        iterator = aiter(request_iterator)
-        first = await anext(iterator, None)
-        if first is None:
-            raise InvalidArgumentError([("header", "send the file's header first")])
-        if isinstance(first, Unreadable):
-            raise _unreadable(first)
-        if first.WhichOneof("content") != "header":
-            raise InvalidArgumentError([("header", "the first message must hold the header")])
-        header = first.header
+        header, chunks = await _header_and_chunks(request_iterator)
         plan = self._files.plan(header)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            index = 1
-            async for request in iterator:
-                if isinstance(request, Unreadable):
-                    raise _unreadable(request, f"messages[{index}]")
-                if request.WhichOneof("content") != "chunk":
-                    raise InvalidArgumentError(
-                        [(f"messages[{index}].header", "only the first message holds the header")]
-                    )
-                yield request.chunk
-                index += 1
-
-        path, content_hash, size = await self._files.spool(chunks())
+        path, content_hash, size = await self._files.spool(chunks)
         try:
             result = await self._files.run(plan, path, content_hash)
         finally:
@@ -402,6 +417,36 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     "quarantined_readings": result.quarantined_count,
                     "assets": len(result.asset_ids),
                     "labels": result.label_count,
+                },
+            )
+        return result.to_proto()
+
+    async def ImportFailureHistory(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.ImportFailureHistoryRequest | Unreadable],
+        context: grpc.aio.ServicerContext,
+    ) -> ingest_pb2.ImportFailureHistoryResponse:
+        header, chunks = await _header_and_chunks(request_iterator)
+        plan = plan_of(header)
+        path, content_hash, size = await self._failures.spool(chunks)
+        try:
+            result = await self._failures.run(plan, path, content_hash)
+        finally:
+            path.unlink(missing_ok=True)
+        async with self._store.transaction() as uow:
+            await uow.audit(
+                "failure_history.imported",
+                f"failure_history/file/{content_hash}",
+                reason="failure history recorded as labels and quarantined in bulk",
+                details={
+                    "file_name": header.file_name,
+                    "format": ingest_pb2.FailureHistoryFormat.Name(header.format),
+                    "bytes": size,
+                    "rows": result.row_count,
+                    "labels_recorded": result.recorded_count,
+                    "labels_known_before": result.duplicate_count,
+                    "quarantined_rows": result.quarantined_count,
+                    "quarantined_by_reason": result.by_reason(),
                 },
             )
         return result.to_proto()

@@ -1371,16 +1371,19 @@ class FailureHistoryHeader(_message.Message):
     TIME_COLUMN_KIND_UNIX_SECONDS.
     """
     failure_mode_column: _builtins.str
-    """Column holding the failure mode, one of the asset type's `failure_modes` (required; a
-    row's value may be empty when the type declares no failure modes).
+    """Column holding the failure mode, one of the asset type's `failure_modes` (required). A
+    row's value may be empty when the type declares no failure modes, or when the row says
+    the asset was found healthy; a type that declares none accepts any mode.
     """
     confirmed_column: _builtins.str
     """Column saying whether the failure was confirmed ("true"/"false", "yes"/"no", "1"/"0";
-    a JSON boolean or number in JSON lines); empty when every row is a confirmed failure.
+    a JSON boolean or number in JSON lines; an empty value quarantines the row); empty when
+    every row is a confirmed failure.
     """
     repaired_at_column: _builtins.str
     """Column holding the time the asset was back in service after the failure, written as
-    `time_kind` says; an empty value means unknown. Empty when the file has none.
+    `time_kind` says, not before the failure; an empty value means unknown. Empty when the
+    file has none.
     """
     def __init__(
         self,

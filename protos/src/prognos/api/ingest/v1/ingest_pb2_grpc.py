@@ -209,7 +209,8 @@ class IngestServiceServicer:
     def ImportFailureHistory(self, request_iterator, context):
         """ImportFailureHistory imports a plant's failure history (an export of a historian or a
         maintenance management system), CSV or JSON lines: first one message with the header,
-        then the file's bytes in chunks (up to 1 MiB each), in order. Each good row records an
+        then the file's bytes in chunks (up to 1 MiB each), in order. A file holds at most 64 MiB,
+        100,000 rows and 64 KiB per line (a longer line is quarantined as malformed). Each good row records an
         OutcomeLabelRecorded (source "failure-history:sha256:<hex>" of the file's bytes), once
         however often the same file is uploaded. A bad row (no or unknown asset, a time that
         cannot be read or lies in the future, a failure mode the asset's type does not declare)

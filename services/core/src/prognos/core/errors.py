@@ -311,9 +311,11 @@ class _ResourceError(PrognosError):
     @classmethod
     def _from_status(cls, message: str, metadata: dict[str, str], details: ErrorDetails) -> Self:
         info = details.resource_info or error_details_pb2.ResourceInfo()
-        return cls(
+        error = cls(
             info.resource_type, info.resource_name, message, owner=info.owner, metadata=metadata
         )
+        error.name = info.resource_name  # as the server sent it, already shortened there
+        return error
 
 
 class NotFoundError(_ResourceError):

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from prognos.core.quoting import quote, shorten
 from prognos.ingest.domain import AssetTypeSpec, SensorChannel
 from prognos.ingest.units import Conversion, UnitMismatchError, UnknownUnitError, converter
 
@@ -164,8 +165,13 @@ def _as_timestamps(raw: object, violations: list[FieldViolation]) -> np.ndarray 
     return ts.astype(np.int64, copy=False)
 
 
+def _column(name: object) -> str:
+    """The field path of one column; the sender chose the name, so a long one is cut."""
+    return f"columns[{shorten(str(name))}]"
+
+
 def _as_values(name: str, raw: object, violations: list[FieldViolation]) -> np.ndarray | None:
-    where = f"columns[{name}].values"
+    where = f"{_column(name)}.values"
     try:
         values = np.asarray(raw)
     except (ValueError, TypeError) as e:
@@ -268,7 +274,7 @@ def validate_batch(
     raw_units: dict[str, str] = {}
     seen: set[str] = set()
     for name, unit, raw_values in _column_items(columns, violations):
-        where = f"columns[{name}]"
+        where = _column(name)
         channel = by_name.get(name) if isinstance(name, str) else None
         if channel is None:
             violations.append(
@@ -282,8 +288,15 @@ def validate_batch(
         conversion: Conversion | None = None
         try:
             conversion = converter(unit, channel.unit)  # type: ignore[assignment]
-        except (UnknownUnitError, UnitMismatchError) as e:
-            violations.append(FieldViolation(f"{where}.unit", str(e)))
+        except UnknownUnitError as e:
+            violations.append(FieldViolation(f"{where}.unit", f"{quote(e.unit)} {e.description}"))
+        except UnitMismatchError as e:
+            violations.append(
+                FieldViolation(
+                    f"{where}.unit",
+                    f"cannot convert {quote(e.from_unit)} to {quote(e.to_unit)}: {e.description}",
+                )
+            )
         values = _as_values(name, raw_values, violations)
         if values is not None and ts is not None and values.size != ts.size:
             violations.append(

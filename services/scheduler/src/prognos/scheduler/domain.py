@@ -23,10 +23,17 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from prognos.core.events import DomainEvent
+from prognos.core.quoting import NOT_FINITE, finite, quote
 from prognos.scheduler.policy import WorkOrderPolicy
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ID_RULES = {
+    _ID: "an identifier: a letter or digit, then letters, digits and . _ : / - "
+    "(at most 200 characters)",
+    _ENDPOINT_ID: "an identifier: a letter or digit, then letters, digits and . _ - "
+    "(at most 100 characters)",
+}
 
 Violation = tuple[str, str]
 
@@ -55,7 +62,7 @@ def _check_id(value: str, where: str, problems: list[Violation], pattern: re.Pat
     if not value:
         problems.append((where, "required"))
     elif not pattern.match(value):
-        problems.append((where, f"{value!r} is not a valid identifier"))
+        problems.append((where, f"{quote(value)} is not {_ID_RULES[pattern]}"))
 
 
 # --- assets ------------------------------------------------------------------------------
@@ -90,10 +97,14 @@ class AssetData:
             problems.append((f"{where}.service_duration", "must be positive"))
         elif self.service_duration_h > 24 * 31:
             problems.append((f"{where}.service_duration", "must be at most 31 days"))
-        if not self.criticality >= 0:
-            problems.append((f"{where}.criticality", "must not be negative"))
-        if not self.downtime_cost_per_h >= 0:
-            problems.append((f"{where}.downtime_cost_per_hour", "must not be negative"))
+        for name, value in (
+            ("criticality", self.criticality),
+            ("downtime_cost_per_hour", self.downtime_cost_per_h),
+        ):
+            if not finite(value):
+                problems.append((f"{where}.{name}", NOT_FINITE))
+            elif value < 0:
+                problems.append((f"{where}.{name}", "must not be negative"))
         return problems
 
 

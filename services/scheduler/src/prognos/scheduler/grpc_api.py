@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -56,15 +57,21 @@ _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _FEED_BATCH = 500
 _MAX_KEY = 200
+#: The policy's own names and the names the contract (WorkOrderPolicy) gives them.
 _POLICY_FIELDS = {
-    "policy.p_open": "policy.open_probability",
-    "policy.p_close": "policy.close_probability",
-    "policy.rul_open": "policy.open_remaining_useful_life",
-    "policy.rul_close": "policy.close_remaining_useful_life",
-    "policy.min_interval": "policy.min_interval",
-    "policy.horizon": "policy.horizon",
-    "policy.hours_per_rul_unit": "policy.hours_per_cycle",
+    "p_open": "open_probability",
+    "p_close": "close_probability",
+    "rul_open": "open_remaining_useful_life",
+    "rul_close": "close_remaining_useful_life",
+    "hours_per_rul_unit": "hours_per_cycle",
 }
+_POLICY_NAME = re.compile(r"\b(" + "|".join(_POLICY_FIELDS) + r")\b")
+
+
+def _contract_words(text: str) -> str:
+    """``text`` with the policy's own field names replaced by the contract's."""
+    return _POLICY_NAME.sub(lambda m: _POLICY_FIELDS[m.group(1)], text)
+
 
 R = TypeVar("R", bound=Message)
 
@@ -230,8 +237,8 @@ class SchedulerServicer(scheduler_pb2_grpc.MaintenanceSchedulerServicer):
         try:
             policy = policy_from_proto(request.policy)
         except PolicyInvalidError as error:
-            field = _POLICY_FIELDS.get(error.field, error.field)
-            raise InvalidArgumentError([(field, error.description)]) from None
+            violation = (_contract_words(error.field), _contract_words(error.description))
+            raise InvalidArgumentError([violation]) from None
 
         async def work(uow: UnitOfWork) -> scheduler_pb2.SetWorkOrderPolicyResponse:
             await handlers.set_policy(uow, request.asset_type, policy, self._clock())

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from prognos.core.quoting import NOT_FINITE, finite
+
 DEFAULT_FAILURE_MODE = "any"
 
 _WORK_ORDER_NAMESPACE = uuid.UUID("5f0c8a52-4d8e-4a57-9a3c-0b8f2f7a1e60")
@@ -61,6 +63,17 @@ class WorkOrderPolicy:
     hours_per_rul_unit: float = 1.0
 
     def __post_init__(self) -> None:
+        numbers = {
+            "policy.p_open": self.p_open,
+            "policy.p_close": self.p_close,
+            "policy.rul_open": self.rul_open,
+            "policy.rul_close": self.rul_close,
+            "policy.hours_per_rul_unit": self.hours_per_rul_unit,
+        }
+        for name, value in numbers.items():
+            # First: NaN fails every comparison below, so it would pass or be misnamed.
+            if value is not None and not finite(value):
+                raise PolicyInvalidError(name, NOT_FINITE)
         if not 0.0 < self.p_open <= 1.0:
             raise PolicyInvalidError("policy.p_open", "must be in (0, 1]")
         if not 0.0 <= self.p_close <= self.p_open:
@@ -69,11 +82,11 @@ class WorkOrderPolicy:
             raise PolicyInvalidError("policy.rul_close", "set both rul_open and rul_close")
         if self.rul_open is not None and self.rul_close is not None:
             if self.rul_open < 0:
-                raise PolicyInvalidError("policy.rul_open", "must not be negative")
+                raise PolicyInvalidError("policy.rul_open", "must be at least 0")
             if self.rul_close < self.rul_open:
                 raise PolicyInvalidError("policy.rul_close", "must be at least rul_open")
         if self.min_interval < timedelta(0):
-            raise PolicyInvalidError("policy.min_interval", "must not be negative")
+            raise PolicyInvalidError("policy.min_interval", "must be at least 0")
         if self.horizon <= timedelta(0):
             raise PolicyInvalidError("policy.horizon", "must be positive")
         if self.hours_per_rul_unit <= 0:

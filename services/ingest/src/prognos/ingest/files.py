@@ -37,6 +37,7 @@ from prognos.ingest.formats import (
     FileFormatError,
     TimeFormat,
     cmapss_asset_type,
+    field_count,
     read_cmapss,
     read_csv,
     read_json_lines,
@@ -186,6 +187,10 @@ class FileImporter:
         ):
             raise InvalidArgumentError([("header.format", "choose CSV, JSONL or CMAPSS")])
         spec = self._intake.catalog.type_of(header.asset_type)
+        if spec is None and header.asset_type == CMAPSS_ASSET_TYPE:
+            # The built-in type: registered on first use whatever the file's syntax (a
+            # NASA test file goes as CSV, its engines having not failed yet).
+            spec = cmapss_asset_type(cycle)
         if spec is None:
             raise NotFoundError("asset_type", header.asset_type)
         violations: list[tuple[str, str]] = []
@@ -280,24 +285,32 @@ class FileImporter:
             first = handle.readline()
             handle.seek(0)
             delimiter = header.delimiter or ","
-            count = first.decode("utf-8", "replace").count(delimiter) + 1
+            count = field_count(first, delimiter)
             names = delimiter.join(str(i) for i in range(1, count + 1)).encode() + b"\n"
             return io.BufferedReader(_Prefixed(names, handle))
         return handle
 
     async def ensure_asset_type(self, plan: FileImport) -> FileImport:
-        """Register the built-in turbofan type for a C-MAPSS file when it is missing."""
-        if plan.header.format != _FORMAT.TELEMETRY_FILE_FORMAT_CMAPSS or plan.asset_type:
+        """Register the built-in turbofan type for a file of its assets when it is missing."""
+        builtin = (
+            plan.header.format == _FORMAT.TELEMETRY_FILE_FORMAT_CMAPSS
+            or plan.header.asset_type == CMAPSS_ASSET_TYPE
+        )
+        if not builtin:
             return plan
-        spec = cmapss_asset_type(timedelta(microseconds=plan.cycle_us))
-        try:
-            async with self._store.transaction() as uow:
-                version = await handlers.register_asset_type(uow, handlers.RegisterAssetType(spec))
-            self._intake.catalog.remember_type(spec, version)
-        except AlreadyExistsError:
-            await self._intake.catalog.refresh_types()
         found = self._intake.catalog.type_of(CMAPSS_ASSET_TYPE)
-        return FileImport(plan.header, found, None, plan.cycle_origin_us, plan.cycle_us)
+        if found is None:
+            spec = cmapss_asset_type(timedelta(microseconds=plan.cycle_us))
+            try:
+                async with self._store.transaction() as uow:
+                    version = await handlers.register_asset_type(
+                        uow, handlers.RegisterAssetType(spec)
+                    )
+                self._intake.catalog.remember_type(spec, version)
+            except AlreadyExistsError:
+                await self._intake.catalog.refresh_types()
+            found = self._intake.catalog.type_of(CMAPSS_ASSET_TYPE)
+        return FileImport(plan.header, found, plan.mapping, plan.cycle_origin_us, plan.cycle_us)
 
     async def _ensure_asset(self, asset_id: str, plan: FileImport, registered: set[str]) -> None:
         if asset_id in registered or not plan.header.register_in_plant or plan.asset_type is None:

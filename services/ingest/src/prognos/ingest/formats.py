@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ __all__ = [
     "TimeFormat",
     "cmapss_asset_id",
     "cmapss_asset_type",
+    "field_count",
     "read_cmapss",
     "read_csv",
     "read_json_lines",
@@ -50,6 +52,8 @@ _MAX_ERRORS_KEPT = 1_000
 _NULL_TOKENS = ("", "NA", "N/A", "null", "NULL")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ABS_US = 2**63 - 1
+# A space-delimited line's spaces at either end, and each space that another one follows.
+_EXTRA_SPACES = re.compile(rb"(?m)^ +| +(?=\r?$)| (?= )")
 
 ProgressCallback = Callable[[int, int | None], None]
 Source = str | os.PathLike[str] | IO[bytes]
@@ -417,7 +421,8 @@ def read_csv(
         source: A path, or a binary stream.
         mapping: Which columns to read and what they mean.
         max_rows: The most rows in one batch.
-        delimiter: The field separator.
+        delimiter: The field separator; with ``" "``, repeated spaces count as one and
+            spaces at the start or end of a line are ignored (NASA's aligned text files).
         on_progress: Called with ``(bytes_read, total_bytes)`` as the file is read;
             ``total_bytes`` is None for a stream of unknown length.
 
@@ -439,6 +444,19 @@ class _CsvLayout:
     timestamp: int
     asset: int | None
     channels: list[int]
+
+
+def _collapse_spaces(data: bytes) -> bytes:
+    """Space-delimited text with repeated spaces counted as one and none at a line's ends."""
+    return _EXTRA_SPACES.sub(b"", data)
+
+
+def field_count(line: bytes, delimiter: str) -> int:
+    """The number of fields of one CSV line, read as ``read_csv`` reads it (no quoting)."""
+    line = line.rstrip(b"\r\n")
+    if delimiter == " ":
+        line = _collapse_spaces(line)
+    return line.count(delimiter.encode()) + 1
 
 
 def _csv_layout(header_bytes: bytes | None, mapping: ColumnMapping, delimiter: str) -> _CsvLayout:
@@ -487,10 +505,16 @@ def _csv_batches(
     if max_rows < 1:
         raise FileFormatError("max_rows", "must be at least 1")
     stream = _Input(source, on_progress)
+    # A space-delimited file (NASA's text files) may align its columns with several spaces.
+    spaced = delimiter == " "
     try:
-        layout = _csv_layout(stream.header(), mapping, delimiter)
+        header = stream.header()
+        if spaced and header is not None:
+            header = _collapse_spaces(header)
+        layout = _csv_layout(header, mapping, delimiter)
         batcher = _Batcher(mapping, max_rows)
-        for first_line, block in stream.blocks():
+        for first_line, raw_block in stream.blocks():
+            block = _collapse_spaces(raw_block) if spaced else raw_block
             rows = _csv_block_fast(reader, first_line, block, layout, mapping, delimiter)
             if rows is None:
                 rows = _csv_block_slow(reader, first_line, block, layout, mapping, delimiter)

@@ -1,14 +1,18 @@
 """``prognos ingest``, ``prognos import cmapss``, ``prognos quarantine`` and ``prognos snapshot``.
 
 Files go to the ingest service's ``UploadTelemetryFile`` in 1 MiB chunks behind a progress
-bar; the service parses, validates and stores them and answers with the counts. Quarantined
-readings and dataset snapshots are read back through the same service.
+bar; the service parses, validates and stores them and answers with the counts. Columns
+named after a channel of the asset type (``GetAssetType``) map themselves, in the channel's
+unit. Quarantined readings and dataset snapshots are read back through the same service.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import csv
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,11 +38,15 @@ from prognos.core.config import Settings
 from prognos.core.errors import InvalidArgumentError, from_grpc_error
 
 __all__ = [
+    "CMAPSS_CHANNELS",
+    "file_columns",
     "import_app",
     "import_cmapss",
     "ingest",
+    "parse_duration",
     "parse_mapping",
     "quarantine",
+    "same_name_mappings",
     "snapshot_app",
     "upload_file",
 ]
@@ -56,6 +64,16 @@ _FORMATS = {
     "jsonl": ingest_pb2.TELEMETRY_FILE_FORMAT_JSONL,
     "cmapss": ingest_pb2.TELEMETRY_FILE_FORMAT_CMAPSS,
 }
+
+CMAPSS_CHANNELS = (
+    *(f"op_setting_{k}" for k in range(1, 4)),
+    *(f"sensor_{k}" for k in range(1, 22)),
+)
+"""The channels of NASA C-MAPSS text after its unit and cycle columns, in file order."""
+_CMAPSS_ASSET_TYPE = "turbofan"
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h|d)?\s*", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_HEADER_SAMPLE_LINES = 100
 
 import_app = typer.Typer(help="Import public data sets.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Freeze and show dataset snapshots.", no_args_is_help=True)
@@ -85,6 +103,84 @@ def parse_mapping(items: list[str]) -> list[ingest_pb2.ColumnMapping]:
                 )
             )
     return mappings
+
+
+def parse_duration(text: str) -> timedelta:
+    """Read a positive duration: seconds (``3600``) or a number with a unit (``90s``, ``5m``,
+    ``1.5h``, ``1d``).
+
+    Raises:
+        typer.BadParameter: the text is not of that form, or not positive.
+    """
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise typer.BadParameter(f"{text!r}: expected seconds or a number with s, m, h or d")
+    seconds = float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+    if seconds <= 0:
+        raise typer.BadParameter(f"{text!r}: must be positive")
+    return timedelta(seconds=seconds)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected an RFC 3339 time such as 2020-01-01T00:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def file_columns(path: Path, file_format: str, delimiter: str = ",") -> list[str]:
+    """The column names of a CSV file's header line, or the keys of a JSON-lines file.
+
+    For JSON lines, the keys of the first 100 objects, in order of first appearance. Lines
+    that cannot be read are passed over here: the service reports them.
+    """
+    with path.open("rb") as fh:
+        if file_format == "csv":
+            first = fh.readline().decode("utf-8-sig", "replace").rstrip("\r\n")
+            if delimiter == " ":
+                return first.split()
+            return [name.strip() for name in next(csv.reader([first], delimiter=delimiter), [])]
+        keys: dict[str, None] = {}
+        for _, raw in zip(range(_HEADER_SAMPLE_LINES), fh, strict=False):
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                keys.update(dict.fromkeys(record))
+        return list(keys)
+
+
+def same_name_mappings(
+    columns: Sequence[str],
+    asset_type: ingest_pb2.AssetType,
+    mapped: Sequence[ingest_pb2.ColumnMapping] = (),
+    skip: Sequence[str] = (),
+) -> list[ingest_pb2.ColumnMapping]:
+    """Map each column named after a channel of ``asset_type`` to it, in the channel's unit.
+
+    Args:
+        columns: The file's column names.
+        asset_type: The asset type of the file's assets.
+        mapped: Mappings given explicitly; their columns and channels are left to them.
+        skip: Columns that hold something else (the time, the asset id).
+
+    Returns:
+        The new mappings, in column order.
+    """
+    units = {channel.name: channel.unit for channel in asset_type.channels}
+    taken_columns = {m.column for m in mapped} | set(skip)
+    taken_channels = {m.channel for m in mapped}
+    found = []
+    for column in dict.fromkeys(columns):
+        if column in units and column not in taken_columns and column not in taken_channels:
+            found.append(
+                ingest_pb2.ColumnMapping(column=column, channel=column, unit=units[column])
+            )
+    return found
 
 
 async def upload_file(
@@ -117,8 +213,15 @@ def _fail(console: Console, error: grpc.aio.AioRpcError) -> typer.Exit:
     return typer.Exit(1)
 
 
+Prepare = Callable[[ingest_pb2_grpc.IngestServiceStub, Console], Awaitable[None]]
+"""Completes the header before the upload, through the same channel."""
+
+
 def _run_upload(
-    data_dir: Path | None, path: Path, header: ingest_pb2.TelemetryFileHeader
+    data_dir: Path | None,
+    path: Path,
+    header: ingest_pb2.TelemetryFileHeader,
+    prepare: Prepare | None = None,
 ) -> ingest_pb2.UploadTelemetryFileResponse:
     console = Console()
     try:
@@ -148,9 +251,10 @@ def _run_upload(
                     progress.update(task, description=f"storing {path.name}")
 
             async with open_channel(info, "ingest", role="gateway") as channel:
-                return await upload_file(
-                    ingest_pb2_grpc.IngestServiceStub(channel), path, header, sent
-                )
+                stub = ingest_pb2_grpc.IngestServiceStub(channel)
+                if prepare is not None:
+                    await prepare(stub, console)
+                return await upload_file(stub, path, header, sent)
 
     try:
         response = asyncio.run(go())
@@ -188,11 +292,22 @@ def ingest(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     asset_type: Annotated[str, typer.Option(help="Asset type of every asset in the file.")],
     mapping: Annotated[
-        list[str],
-        typer.Option(help="COLUMN=CHANNEL[:UNIT]; repeat, or separate with commas."),
-    ],
+        list[str] | None,
+        typer.Option(
+            help="COLUMN=CHANNEL[:UNIT]; repeat, or separate with commas. Columns named "
+            "after a channel of the asset type map themselves, in the channel's unit."
+        ),
+    ] = None,
     time_column: Annotated[str, typer.Option(help="Column holding the time.")] = "time",
     time_kind: Annotated[str, typer.Option(help="rfc3339, unix (seconds) or cycle.")] = "rfc3339",
+    cycle_origin: Annotated[
+        str | None,
+        typer.Option(help="--time-kind cycle: time of cycle 0, RFC 3339 (default 2020-01-01)."),
+    ] = None,
+    cycle_duration: Annotated[
+        str | None,
+        typer.Option(help="--time-kind cycle: one cycle, e.g. 3600, 90s, 5m, 1h (default 1h)."),
+    ] = None,
     asset_id: Annotated[
         str | None, typer.Option(help="The file's one asset (or, with --asset-column, a prefix).")
     ] = None,
@@ -202,7 +317,9 @@ def ingest(
     file_format: Annotated[
         str | None, typer.Option("--format", help="csv or jsonl (default: from the suffix).")
     ] = None,
-    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    delimiter: Annotated[
+        str, typer.Option(help='CSV field separator (" ": runs of spaces count as one).')
+    ] = ",",
     header: Annotated[
         bool, typer.Option(help="Whether the CSV's first line names columns.")
     ] = True,
@@ -224,6 +341,13 @@ def ingest(
         )
     if not asset_id and not asset_column:
         raise typer.BadParameter("give --asset-id or --asset-column", param_hint="--asset-id")
+    explicit = parse_mapping(mapping or [])
+    named_columns = chosen == "jsonl" or header
+    if not explicit and not named_columns:
+        raise typer.BadParameter(
+            "a file without a header line names no columns: map them by number (3=CHANNEL)",
+            param_hint="--mapping",
+        )
     message = ingest_pb2.TelemetryFileHeader(
         file_name=file.name,
         format=_FORMATS[chosen],
@@ -234,11 +358,42 @@ def ingest(
         asset_id=asset_id or "",
         time_column=time_column,
         time_kind=_TIME_KINDS[time_kind],
-        columns=parse_mapping(mapping),
+        columns=explicit,
         register_in_plant=register_in_plant or "",
         run_to_failure=run_to_failure,
     )
-    _run_upload(data_dir, file, message)
+    for value, name in ((cycle_origin, "--cycle-origin"), (cycle_duration, "--cycle-duration")):
+        if value is not None and time_kind != "cycle":
+            raise typer.BadParameter("only with --time-kind cycle", param_hint=name)
+    if cycle_origin is not None:
+        message.cycle_origin.FromDatetime(_parse_time(cycle_origin))
+    if cycle_duration is not None:
+        message.cycle_duration.FromTimedelta(parse_duration(cycle_duration))
+    if not named_columns:
+        _run_upload(data_dir, file, message)
+        return
+    columns = file_columns(file, chosen, delimiter)
+
+    async def map_by_name(stub: ingest_pb2_grpc.IngestServiceStub, console: Console) -> None:
+        reply = await stub.GetAssetType(ingest_pb2.GetAssetTypeRequest(name=asset_type), timeout=30)
+        skip = [time_column, *([asset_column] if asset_column else [])]
+        found = same_name_mappings(columns, reply.asset_type, explicit, skip)
+        if not explicit and not found:
+            channels = ", ".join(c.name for c in reply.asset_type.channels)
+            console.print(
+                Text(
+                    f"error: no column of {file.name} is named after a channel of "
+                    f"{asset_type!r} ({channels}); map columns with --mapping COLUMN=CHANNEL",
+                    style="bold red",
+                )
+            )
+            raise typer.Exit(1)
+        if found:
+            names = ", ".join(m.column for m in found)
+            console.print(f"mapped by name: {names}", markup=False, highlight=False)
+        message.columns.extend(found)
+
+    _run_upload(data_dir, file, message, map_by_name)
 
 
 @import_app.command("cmapss")
@@ -250,20 +405,48 @@ def import_cmapss(
         datetime,
         typer.Option(help="Time of cycle 0 (UTC).", formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     ] = datetime(2020, 1, 1),
+    no_failures: Annotated[
+        bool,
+        typer.Option(
+            "--no-failures",
+            help="The engines have not failed (test_FD001.txt and kin): no failure labels.",
+        ),
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
-    """Import a NASA C-MAPSS run-to-failure file (train_FD001.txt and kin).
+    """Import a NASA C-MAPSS file: run-to-failure (train_FD001.txt) or, with --no-failures, test.
 
-    Registers the turbofan asset type when missing and each engine as an asset, stores
-    every cycle as telemetry and each engine's last cycle as a confirmed failure.
+    Registers the turbofan asset type when missing and each engine as an asset, and stores
+    every cycle as telemetry. Each engine's last cycle is a confirmed failure, unless
+    --no-failures: then the file goes up as space-separated text without labels, and the
+    readings are those the run-to-failure import would store.
     """
-    message = ingest_pb2.TelemetryFileHeader(
-        file_name=file.name,
-        format=ingest_pb2.TELEMETRY_FILE_FORMAT_CMAPSS,
-        asset_type="turbofan",
-        register_in_plant=plant,
-        run_to_failure=True,
-    )
+    if no_failures:
+        message = ingest_pb2.TelemetryFileHeader(
+            file_name=file.name,
+            format=ingest_pb2.TELEMETRY_FILE_FORMAT_CSV,
+            asset_type=_CMAPSS_ASSET_TYPE,
+            delimiter=" ",
+            has_header=False,
+            asset_id_column="1",
+            asset_id=f"{plant}-unit-",
+            time_column="2",
+            time_kind=ingest_pb2.TIME_COLUMN_KIND_CYCLE,
+            columns=[
+                ingest_pb2.ColumnMapping(column=str(3 + j), channel=name)
+                for j, name in enumerate(CMAPSS_CHANNELS)
+            ],
+            register_in_plant=plant,
+            run_to_failure=False,
+        )
+    else:
+        message = ingest_pb2.TelemetryFileHeader(
+            file_name=file.name,
+            format=ingest_pb2.TELEMETRY_FILE_FORMAT_CMAPSS,
+            asset_type=_CMAPSS_ASSET_TYPE,
+            register_in_plant=plant,
+            run_to_failure=True,
+        )
     message.cycle_origin.FromDatetime(origin.replace(tzinfo=UTC))
     message.cycle_duration.FromTimedelta(timedelta(hours=cycle_hours))
     _run_upload(data_dir, file, message)

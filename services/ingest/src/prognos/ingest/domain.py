@@ -232,14 +232,10 @@ class Outcome:
     failure_mode: str = ""
     repaired_at_us: int | None = None
 
-    def same_fact(self, other: Outcome) -> bool:
-        """Whether both say the same thing (time, verdict, failure mode, from one source)."""
-        return (self.time_us, self.failure_confirmed, self.failure_mode, self.source) == (
-            other.time_us,
-            other.failure_confirmed,
-            other.failure_mode,
-            other.source,
-        )
+    @property
+    def fact(self) -> tuple[int, bool, str, str]:
+        """What the label says (time, verdict, failure mode) and who says it."""
+        return (self.time_us, self.failure_confirmed, self.failure_mode, self.source)
 
 
 @dataclass(frozen=True)
@@ -287,6 +283,7 @@ class Asset:
     outcomes: list[Outcome] = field(default_factory=list)
     version: int = 0
     pending: list[DomainEvent] = field(default_factory=list)
+    _facts: set[tuple[int, bool, str, str]] = field(default_factory=set, repr=False)
 
     @classmethod
     def register(cls, spec: AssetSpec, now_us: int) -> Asset:
@@ -297,7 +294,7 @@ class Asset:
 
     def record_outcome(self, outcome: Outcome) -> bool:
         """Record a label; False when the same label (time, verdict, mode, source) is known."""
-        if any(known.same_fact(outcome) for known in self.outcomes):
+        if outcome.fact in self._facts:
             return False
         self._record(OutcomeRecorded(self.spec.asset_id, self.spec.asset_type, outcome))
         return True
@@ -312,6 +309,7 @@ class Asset:
             self.registered_at_us = event.registered_at_us
         elif isinstance(event, OutcomeRecorded):
             self.outcomes.append(event.outcome)
+            self._facts.add(event.outcome.fact)
         self.version += 1
 
     @classmethod

@@ -60,7 +60,7 @@ _SAMPLES = 10
 #: Rejections listed per asset on the QUARANTINE stream (all are counted); keeps each
 #: message well below the NATS payload limit.
 _LISTED_PER_ASSET = 1_000
-_LABELS_PER_TRANSACTION = 500
+_LABELS_PER_TRANSACTION = 2_000
 _ATTEMPTS = 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z

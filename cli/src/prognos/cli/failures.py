@@ -28,7 +28,7 @@ from prognos.core.errors import InvalidArgumentError, from_grpc_error
 __all__ = ["import_failure_history", "import_failures"]
 
 CHUNK_BYTES = 1 << 20
-_TIMEOUT_S = 600.0
+_TIMEOUT_S = 3600.0
 _DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
 _FORMATS = {
     "csv": ingest_pb2.FAILURE_HISTORY_FORMAT_CSV,

@@ -37,6 +37,7 @@ from prognos.core.server import (
     HEALTH_SERVICE,
     INFO_SERVICE,
     REFLECTION_SERVICE,
+    REFLECTION_V1_SERVICE,
     GrpcServer,
     wait_for_serving,
 )
@@ -263,7 +264,14 @@ async def test_health_reports_serving_for_the_server_and_every_service(
 ) -> None:
     await wait_for_serving(server.address, deadline_s=5, service=PROBE)
     stub = health_pb2_grpc.HealthStub(channel)
-    for name in ("", PROBE, HEALTH_SERVICE, INFO_SERVICE, REFLECTION_SERVICE):
+    for name in (
+        "",
+        PROBE,
+        HEALTH_SERVICE,
+        INFO_SERVICE,
+        REFLECTION_SERVICE,
+        REFLECTION_V1_SERVICE,
+    ):
         response = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert response.status == health_pb2.HealthCheckResponse.SERVING, name
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -276,7 +284,13 @@ async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     responses = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=5)]
     listed = {s.name for s in responses[0].list_services_response.service}
-    assert listed == {PROBE, HEALTH_SERVICE, INFO_SERVICE, REFLECTION_SERVICE}
+    assert listed == {
+        PROBE,
+        HEALTH_SERVICE,
+        INFO_SERVICE,
+        REFLECTION_SERVICE,
+        REFLECTION_V1_SERVICE,
+    }
 
 
 async def test_info_describes_the_process(server: GrpcServer, channel: grpc.aio.Channel) -> None:
@@ -285,7 +299,9 @@ async def test_info_describes_the_process(server: GrpcServer, channel: grpc.aio.
     )
     assert info.service_name == "probe"
     assert info.version == "1.2.3"
-    assert list(info.services) == sorted([PROBE, HEALTH_SERVICE, INFO_SERVICE, REFLECTION_SERVICE])
+    assert list(info.services) == sorted(
+        [PROBE, HEALTH_SERVICE, INFO_SERVICE, REFLECTION_SERVICE, REFLECTION_V1_SERVICE]
+    )
     assert info.instance_id == server.instance_id
     assert info.started_at.ToNanoseconds() == server.started_at_ns
 

@@ -75,7 +75,11 @@ ADMIN_ROLE = "admin"
 ROLES: tuple[str, ...] = ("gateway", "erp", "ml-engineer", "approver", "auditor", ADMIN_ROLE)
 """Every role the contracts speak of (see ``access.proto``)."""
 OPEN_SERVICES: frozenset[str] = frozenset(
-    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
 )
 """Services any caller may use without a token: probes and tooling."""
 

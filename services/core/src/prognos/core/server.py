@@ -1,8 +1,9 @@
 """The gRPC server lifecycle that every Prognos service shares.
 
 ``GrpcServer`` builds a grpc.aio server alike for every service: tracing and error-mapping
-interceptors (then any extra ones, such as auth), health checking, server reflection and
-``InfoService``; it binds, serves, and on SIGTERM or SIGINT shuts down gracefully::
+interceptors (then any extra ones, such as auth), health checking, server reflection (both
+``grpc.reflection.v1`` and ``grpc.reflection.v1alpha``) and ``InfoService``; it binds, serves,
+and on SIGTERM or SIGINT shuts down gracefully::
 
     async with GrpcServer(settings, version=__version__) as server:
         server.add_service(add_IngestServiceServicer_to_server, servicer, INGEST_SERVICE)
@@ -31,9 +32,11 @@ from typing import Any, Self
 
 import grpc
 import grpc.aio
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from prognos.api.common.v1 import info_pb2, info_pb2_grpc
 from prognos.core import telemetry
@@ -44,6 +47,7 @@ __all__ = [
     "HEALTH_SERVICE",
     "INFO_SERVICE",
     "REFLECTION_SERVICE",
+    "REFLECTION_V1_SERVICE",
     "GrpcServer",
     "wait_for_serving",
 ]
@@ -54,6 +58,8 @@ HEALTH_SERVICE: str = health.SERVICE_NAME
 """``grpc.health.v1.Health``."""
 REFLECTION_SERVICE: str = reflection.SERVICE_NAME
 """``grpc.reflection.v1alpha.ServerReflection``."""
+REFLECTION_V1_SERVICE: str = "grpc.reflection.v1.ServerReflection"
+"""``grpc.reflection.v1.ServerReflection``, which current tools (grpcurl, buf curl) try first."""
 INFO_SERVICE: str = info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name
 """``prognos.api.common.v1.InfoService``."""
 
@@ -61,6 +67,66 @@ Hook = Callable[[], Awaitable[Any]]
 AddServicerFn = Callable[[Any, grpc.aio.Server], None]
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+_REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+_REFLECTION_V1ALPHA_PACKAGE = reflection_v1alpha_pb2.DESCRIPTOR.package
+
+
+def _register_reflection_v1_descriptor() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default pool, if nobody did yet.
+
+    grpcio-reflection serves only v1alpha. v1 is the same file under another package (same
+    messages, fields and numbers), so its descriptor is v1alpha's with the package renamed;
+    with it in the pool, reflection can describe the v1 service like any other.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_v1alpha_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = f".{_REFLECTION_V1ALPHA_PACKAGE}.", ".grpc.reflection.v1."
+    proto.name = _REFLECTION_V1_FILE
+    proto.package = "grpc.reflection.v1"
+    proto.options.Clear()
+    proto.options.go_package = "google.golang.org/grpc/reflection/grpc_reflection_v1"
+    proto.options.java_multiple_files = True
+    proto.options.java_package = "io.grpc.reflection.v1"
+    proto.options.java_outer_classname = "ServerReflectionProto"
+    for message in proto.message_type:
+        for message_field in message.field:
+            if message_field.type_name.startswith(old):
+                message_field.type_name = new + message_field.type_name.removeprefix(old)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type.removeprefix(old)
+            method.output_type = new + method.output_type.removeprefix(old)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def _add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+    """Serve server reflection as ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``.
+
+    One servicer answers both: the v1 messages are byte for byte the v1alpha ones, so the
+    v1 method reuses the v1alpha (de)serializers under the v1 method path.
+    """
+    _register_reflection_v1_descriptor()
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_v1alpha_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_v1alpha_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1_SERVICE, {"ServerReflectionInfo": info}
+            ),
+        )
+    )
 
 
 class _InfoServicer(info_pb2_grpc.InfoServiceServicer):
@@ -145,7 +211,7 @@ class GrpcServer:
     def service_names(self) -> list[str]:
         """Fully qualified names of every service served, including the standard ones, sorted."""
         names = {name for _, _, name in self._services}
-        names.update((HEALTH_SERVICE, REFLECTION_SERVICE, INFO_SERVICE))
+        names.update((HEALTH_SERVICE, REFLECTION_SERVICE, REFLECTION_V1_SERVICE, INFO_SERVICE))
         return sorted(names)
 
     @property
@@ -222,7 +288,7 @@ class GrpcServer:
             add_fn(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         info_pb2_grpc.add_InfoServiceServicer_to_server(_InfoServicer(self), server)
-        reflection.enable_server_reflection(self.service_names, server)
+        _add_reflection(server, self.service_names)
 
         host = self.settings.grpc_host
         if ":" in host and not host.startswith("["):

@@ -72,7 +72,11 @@ _log = logging.getLogger(__name__)
 
 # Health checks and reflection are polled by launchers and load balancers; tracing them
 # would bury the calls that matter.
-_UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+_UNTRACED_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
 
 
 # --- local span files -------------------------------------------------------------------

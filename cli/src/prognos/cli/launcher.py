@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,11 +227,57 @@ async def _version(channel: grpc.aio.Channel, timeout_s: float) -> str | None:
     return str(reply.version) or None
 
 
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]", "localhost")
+_LOCALHOST = "localhost"
+_PORT_TRIES = 20
+
+
 def _dialable(host: str, port: int) -> str:
-    """``host:port`` that another process can connect to (a wildcard bind means loopback)."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
+    """``host:port`` that another process can connect to.
+
+    Loopback and wildcard binds are reached as ``localhost``: TLS clients that follow
+    RFC 6066 (Node, for one) refuse an IP address as a server name, and the development
+    certificates name ``localhost``.
+    """
+    if host in _WILDCARD_HOSTS or host in _LOOPBACK_HOSTS:
+        host = _LOCALHOST
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _bind_host(host: str) -> str:
+    """Where a service listens: a loopback host becomes ``localhost``, both loopbacks.
+
+    gRPC resolves ``localhost`` to ``::1`` and ``127.0.0.1`` and tries them in turn, on the
+    client side and when binding, so a server bound to ``localhost`` listens wherever a
+    client of ``localhost`` knocks, and still only on loopback.
+    """
+    return _LOCALHOST if host in _LOOPBACK_HOSTS else host
+
+
+def _free_on_ipv6_loopback(port: int) -> bool:
+    """Whether ``[::1]:port`` is free (or the host has no IPv6 loopback to clash on)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(("::1", port))
+    except OSError as error:
+        return error.errno != errno.EADDRINUSE
+    return True
+
+
+def _free_loopback_port() -> int:
+    """A port free on both loopbacks a moment ago, so that ``localhost`` reaches one server.
+
+    gRPC binds ``localhost`` even when only one of its addresses is free; a client trying
+    ``::1`` first would then meet whoever holds that port there.
+    """
+    port = free_port("127.0.0.1")
+    for _ in range(_PORT_TRIES):
+        if _free_on_ipv6_loopback(port):
+            break
+        port = free_port("127.0.0.1")
+    return port
 
 
 def _log_tail(path: Path, lines: int = 30, start: int = 0) -> str:
@@ -378,7 +426,7 @@ class Launcher:
             services=tuple(
                 ServiceRecord(
                     name=child.name,
-                    address=f"{addresses[child.name][0]}:{addresses[child.name][1]}",
+                    address=_dialable(*addresses[child.name]),
                     pid=child.process.pid,
                     log=str(child.log),
                 )
@@ -446,8 +494,14 @@ class Launcher:
         addresses: dict[str, tuple[str, int]] = {}
         for spec in self._services:
             configured = Settings.load(spec.name)
-            port = configured.grpc_port or free_port(configured.grpc_host)
-            addresses[spec.name] = (configured.grpc_host, port)
+            host = _bind_host(configured.grpc_host)
+            if configured.grpc_port:
+                port = configured.grpc_port
+            elif host == _LOCALHOST:
+                port = _free_loopback_port()
+            else:
+                port = free_port(host)
+            addresses[spec.name] = (host, port)
         return addresses
 
     def _credentials(self, addresses: dict[str, tuple[str, int]]) -> dict[str, str]:
@@ -525,7 +579,7 @@ class Launcher:
 
     async def _wait_serving(self, addresses: dict[str, tuple[str, int]]) -> None:
         channels = {
-            name: _open(f"{host}:{port}", self._probe_credentials)
+            name: _open(_dialable(host, port), self._probe_credentials)
             for name, (host, port) in addresses.items()
         }
         try:

@@ -927,7 +927,10 @@ class WatchWorkOrdersResponse(_message.Message):
     WORK_ORDER_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """Position of this change; strictly increasing (with gaps where filtered out)."""
+    """Position of this change; strictly increasing, with gaps: the numbers between two
+    changes went to changes this stream does not carry (master data, windows, crews,
+    policies, webhook endpoints, or work orders of plants filtered out).
+    """
     event_type: _builtins.str
     """Fully qualified name of the event that made the change, e.g.
     "prognos.api.scheduler.v1.WorkOrderReleased".
@@ -1512,7 +1515,8 @@ class WebhookEndpoint(_message.Message):
       Prognos-Signature: "t=<unix seconds>,v1=<hex>" where <hex> is the HMAC-SHA256, keyed
         with the endpoint's shared secret, of "<unix seconds>." followed by the raw body.
         Reject a request whose signature does not match or whose time is far off.
-      Prognos-Event-Type: the event_type of the body; Prognos-Position: its position.
+      Prognos-Event-Type: the event_type of the body; Prognos-Position: its position, which
+        has the gaps of WatchWorkOrdersResponse.position.
     Any 2xx status means delivered. Anything else, a timeout or a refused connection is
     retried with growing delays (up to `webhook_max_backoff_s`, 5 minutes by default) for
     as long as it takes: deliveries wait in a durable outbox, survive restarts, and reach

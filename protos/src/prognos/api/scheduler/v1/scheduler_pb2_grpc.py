@@ -204,7 +204,10 @@ class MaintenanceSchedulerServicer:
         """WatchWorkOrders streams every work order change after `after_position`, in order, then
         new changes as they happen; the stream does not end by itself. Each item carries its
         position: store the last one you processed and pass it on reconnect to resume without
-        a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
+        a missed change or a repeat. Positions are durable: a restart of the scheduler keeps
+        them. They are increasing but not consecutive: master-data changes (assets,
+        maintenance windows, crews, policies, webhook endpoints) and other plants' work orders
+        use positions too, so never wait for a missing number.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -82,7 +82,10 @@ class MaintenanceSchedulerStub:
     """WatchWorkOrders streams every work order change after `after_position`, in order, then
     new changes as they happen; the stream does not end by itself. Each item carries its
     position: store the last one you processed and pass it on reconnect to resume without
-    a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
+    a missed change or a repeat. Positions are durable: a restart of the scheduler keeps
+    them. They are increasing but not consecutive: master-data changes (assets,
+    maintenance windows, crews, policies, webhook endpoints) and other plants' work orders
+    use positions too, so never wait for a missing number.
     """
     AcknowledgeWorkOrder: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.AcknowledgeWorkOrderRequest, _scheduler_pb2.AcknowledgeWorkOrderResponse]
     """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
@@ -173,7 +176,10 @@ class MaintenanceSchedulerAsyncStub(MaintenanceSchedulerStub):
     """WatchWorkOrders streams every work order change after `after_position`, in order, then
     new changes as they happen; the stream does not end by itself. Each item carries its
     position: store the last one you processed and pass it on reconnect to resume without
-    a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
+    a missed change or a repeat. Positions are durable: a restart of the scheduler keeps
+    them. They are increasing but not consecutive: master-data changes (assets,
+    maintenance windows, crews, policies, webhook endpoints) and other plants' work orders
+    use positions too, so never wait for a missing number.
     """
     AcknowledgeWorkOrder: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.AcknowledgeWorkOrderRequest, _scheduler_pb2.AcknowledgeWorkOrderResponse]  # type: ignore[assignment]
     """AcknowledgeWorkOrder records that the ERP has taken over a released work order under
@@ -297,7 +303,10 @@ class MaintenanceSchedulerServicer(metaclass=_abc_1.ABCMeta):
         """WatchWorkOrders streams every work order change after `after_position`, in order, then
         new changes as they happen; the stream does not end by itself. Each item carries its
         position: store the last one you processed and pass it on reconnect to resume without
-        a gap or a repeat. Positions are durable: a restart of the scheduler keeps them.
+        a missed change or a repeat. Positions are durable: a restart of the scheduler keeps
+        them. They are increasing but not consecutive: master-data changes (assets,
+        maintenance windows, crews, policies, webhook endpoints) and other plants' work orders
+        use positions too, so never wait for a missing number.
         """
 
     @_abc_1.abstractmethod

@@ -100,8 +100,16 @@ def layout_of(asset_type: ingest_pb2.AssetType, *, gap_fill_steps: int = 3) -> L
         raise TrainingDataError(
             f"asset type {asset_type.name} has no channel besides its operating settings"
         )
+    modes = tuple(m.name for m in asset_type.failure_modes)
     if asset_type.horizon.WhichOneof("horizon") == "cycles":
-        return Layout(features, settings, None, float(asset_type.horizon.cycles), gap_fill_steps)
+        return Layout(
+            features,
+            settings,
+            None,
+            float(asset_type.horizon.cycles),
+            gap_fill_steps,
+            failure_modes=modes,
+        )
     intervals = [
         c.expected_interval.ToTimedelta().total_seconds()
         for c in asset_type.channels
@@ -116,7 +124,7 @@ def layout_of(asset_type: ingest_pb2.AssetType, *, gap_fill_steps: int = 3) -> L
     horizon = asset_type.horizon.duration.ToTimedelta().total_seconds()
     if horizon <= 0:
         raise TrainingDataError(f"asset type {asset_type.name} has no failure horizon")
-    return Layout(features, settings, step, horizon / step, gap_fill_steps)
+    return Layout(features, settings, step, horizon / step, gap_fill_steps, failure_modes=modes)
 
 
 def _is_setting(channel: ingest_pb2.SensorChannel) -> bool:

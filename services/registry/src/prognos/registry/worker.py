@@ -151,6 +151,11 @@ def headline(evaluation: dict[str, Any]) -> dict[str, float]:
         "brier": evaluation["brier"],
         "expected_calibration_error": evaluation["expected_calibration_error"],
     }
+    if "auc" in evaluation:
+        values["auc"] = evaluation["auc"]
+    for mode, figures in evaluation.get("modes", {}).items():
+        for name in ("precision", "recall", "f1", "auc", "positives"):
+            values[f"mode.{mode}.{name}"] = figures[name]
     return {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
 
 
@@ -238,7 +243,11 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: cancelled.set())
     columns: dict[str, Any] = {}
     if loaded.layout is not None:
-        columns = {"sensors": loaded.layout.features, "settings": loaded.layout.settings}
+        columns = {
+            "sensors": loaded.layout.features,
+            "settings": loaded.layout.settings,
+            "failure_modes": loaded.layout.failure_modes,
+        }
     try:
         trained = train(
             held_out_protocol.training,

@@ -8,14 +8,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prognos.registry.training.data import load_cmapss, load_truth
+from prognos.registry.training.data import UNIT, load_cmapss, load_truth
+from prognos.registry.training.lives import MODE
 from prognos.registry.training.metrics import (
     binary_metrics,
     brier_score,
     expected_calibration_error,
+    mode_metrics,
     phm08_score,
     reliability_bins,
     rmse,
+    roc_auc,
 )
 from prognos.registry.training.trainer import TrainedModel, predict_last_cycle
 
@@ -135,6 +138,16 @@ def evaluate_lives(
     known = failed | (truth > horizon)
     failing = failed & (truth <= horizon)
     table = reliability_bins(probability[known], failing[known])
+    names = trained.preprocessing.failure_modes
+    if names:
+        windows, _ = trained.preprocessing.last_windows(cut)
+        modes = trained.predict_modes(windows)
+        mode_of = cut.groupby(UNIT)[MODE].first().to_numpy()
+        actual = np.zeros_like(modes, dtype=bool)
+        rows = np.flatnonzero(failing & (mode_of >= 0))
+        actual[rows, mode_of[rows]] = True
+        result["modes"] = mode_metrics(modes[known], actual[known], names)
+    result["auc"] = roc_auc(probability[known], failing[known])
     result.update(
         {
             "units": int(known.sum()),

@@ -31,6 +31,7 @@ import pandas as pd
 from prognos.registry.training.data import CYCLE, RUL, UNIT
 
 FAILED = "failed"
+MODE = "failure_mode"
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -50,6 +51,8 @@ class Layout:
         gap_fill_steps: Steps a missing value is carried forward before it counts as missing.
         min_steps: Fewest steps a life needs to be kept.
         max_steps: Most steps kept of one life (its newest); guards memory.
+        failure_modes: The modes the type declares; a failed life's mode is its index here
+            in the ``failure_mode`` column (-1: censored, or a mode the type does not name).
     """
 
     features: tuple[str, ...]
@@ -59,6 +62,7 @@ class Layout:
     gap_fill_steps: int = 3
     min_steps: int = 2
     max_steps: int = 100_000
+    failure_modes: tuple[str, ...] = ()
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -107,15 +111,18 @@ def assemble(
         )
     frame = pd.concat(pieces, ignore_index=True)
     columns = [UNIT, CYCLE, *layout.settings, *layout.features, RUL, FAILED]
+    if layout.failure_modes:
+        columns.append(MODE)
     frame = frame[columns]
     frame[UNIT] = frame[UNIT].astype(np.int64)
     return frame.reset_index(drop=True), assets
 
 
-def _failures_by_asset(
-    failures: pd.DataFrame,
-) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp | None]]]:
-    out: dict[str, list[tuple[pd.Timestamp, pd.Timestamp | None]]] = {}
+_Failure = tuple[pd.Timestamp, pd.Timestamp | None, str]
+
+
+def _failures_by_asset(failures: pd.DataFrame) -> dict[str, list[_Failure]]:
+    out: dict[str, list[_Failure]] = {}
     if failures.empty:
         return out
     times = pd.to_datetime(failures["time"], utc=True)
@@ -124,8 +131,13 @@ def _failures_by_asset(
         if "repaired_at" in failures.columns
         else pd.Series(pd.NaT, index=failures.index, dtype="datetime64[ns, UTC]")
     )
-    for asset, at, back in zip(failures["asset_id"], times, repaired, strict=True):
-        out.setdefault(str(asset), []).append((at, None if pd.isna(back) else back))
+    modes = (
+        failures["failure_mode"].fillna("").astype(str)
+        if "failure_mode" in failures.columns
+        else pd.Series("", index=failures.index)
+    )
+    for asset, at, back, mode in zip(failures["asset_id"], times, repaired, modes, strict=True):
+        out.setdefault(str(asset), []).append((at, None if pd.isna(back) else back, mode))
     for asset in out:
         out[asset].sort(key=lambda pair: pair[0])
     return out
@@ -133,30 +145,30 @@ def _failures_by_asset(
 
 def _lives(
     rows: pd.DataFrame,
-    failures: Sequence[tuple[pd.Timestamp, pd.Timestamp | None]],
+    failures: Sequence[_Failure],
     layout: Layout,
 ) -> list[pd.DataFrame]:
     """One asset's lives, each in the training layout without ``unit``."""
     times = rows["time"]
     lives: list[pd.DataFrame] = []
     start: pd.Timestamp | None = None
-    for failed_at, repaired_at in failures:
+    for failed_at, repaired_at, mode in failures:
         mask = times <= failed_at
         if start is not None:
             mask &= times > start
-        life = _on_time_base(rows.loc[mask], layout, failed_at)
+        life = _on_time_base(rows.loc[mask], layout, failed_at, mode)
         if life is not None:
             lives.append(life)
         start = max(failed_at, repaired_at) if repaired_at is not None else failed_at
     rest = rows if start is None else rows.loc[times > start]
-    life = _on_time_base(rest, layout, None)
+    life = _on_time_base(rest, layout, None, "")
     if life is not None:
         lives.append(life)
     return lives
 
 
 def _on_time_base(
-    rows: pd.DataFrame, layout: Layout, failed_at: pd.Timestamp | None
+    rows: pd.DataFrame, layout: Layout, failed_at: pd.Timestamp | None, mode: str
 ) -> pd.DataFrame | None:
     """A life's rows as steps, with ``cycle``, ``rul`` and ``failed``; ``None`` if too short."""
     values = rows[list(layout.channels)].astype(np.float64)
@@ -187,6 +199,9 @@ def _on_time_base(
     life.insert(0, CYCLE, np.arange(1, steps + 1, dtype=np.int64))
     life[RUL] = rul
     life[FAILED] = np.int64(failed_at is not None)
+    if layout.failure_modes:
+        known = failed_at is not None and mode in layout.failure_modes
+        life[MODE] = np.int64(layout.failure_modes.index(mode) if known else -1)
     return life
 
 
@@ -287,3 +302,20 @@ def truncations(
         np.asarray(truth, np.float64),
         np.asarray(failed, bool),
     )
+
+
+def mode_targets(frame: pd.DataFrame, modes: int, horizon: float) -> np.ndarray:
+    """``(rows, modes)`` float32: whether each row's life fails of that mode within the horizon.
+
+    A failed life of a mode the type does not name fails within the horizon of no mode; its
+    rows still teach the overall failure probability.
+    """
+    out = np.zeros((len(frame), modes), np.float32)
+    if MODE not in frame.columns or modes == 0:
+        return out
+    rul = frame[RUL].to_numpy(np.float64)
+    failed = frame[FAILED].to_numpy(np.int64).astype(bool) if FAILED in frame else True
+    mode = frame[MODE].to_numpy(np.int64)
+    rows = np.flatnonzero(failed & (rul <= horizon) & (mode >= 0))
+    out[rows, mode[rows]] = 1.0
+    return out

@@ -79,3 +79,35 @@ def expected_calibration_error(table: list[dict[str, float]]) -> float:
         return 0.0
     gaps = sum(row["count"] * abs(row["mean_predicted"] - row["observed_rate"]) for row in table)
     return float(gaps / total)
+
+
+def roc_auc(scores: np.ndarray, actual: np.ndarray) -> float:
+    """Area under the ROC curve (the Mann-Whitney U over positives and negatives); NaN when
+    either class is absent."""
+    from scipy.stats import mannwhitneyu
+
+    scores = np.asarray(scores, np.float64)
+    actual = np.asarray(actual, bool)
+    positives, negatives = scores[actual], scores[~actual]
+    if len(positives) == 0 or len(negatives) == 0:
+        return float("nan")
+    u = mannwhitneyu(positives, negatives, alternative="two-sided").statistic
+    return float(u / (len(positives) * len(negatives)))
+
+
+def mode_metrics(
+    probabilities: np.ndarray, actual: np.ndarray, names: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """Per failure mode: precision, recall and F1 at 0.5, AUC, and how many positives.
+
+    Args:
+        probabilities: ``(n, modes)`` predicted probability of each mode within the horizon.
+        actual: ``(n, modes)`` whether each case failed of that mode within the horizon.
+        names: The modes, in column order.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(names):
+        figures = binary_metrics(probabilities[:, k] >= 0.5, actual[:, k])
+        figures["auc"] = roc_auc(probabilities[:, k], actual[:, k])
+        out[name] = figures
+    return out

@@ -22,6 +22,7 @@ POOLINGS: tuple[str, ...] = ("last", "average", "attention")
 INPUT_NAME = "window"
 RUL_OUTPUT = "rul"
 PROBABILITY_OUTPUT = "failure_probability"
+MODE_OUTPUT = "mode_probability"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def build_networks(
     members: int = 1,
     recurrent: RecurrentOptions = RecurrentOptions(),
     smoothing: float = 0.0,
+    modes: int = 0,
 ) -> Networks:
     """Build the named architecture for ``(window, features)`` inputs.
 
@@ -71,6 +73,9 @@ def build_networks(
         smoothing: When above zero, every feature is exponentially smoothed along the window
             with this weight on the newest row (``smoothing_matrix``) before the trunks, as a
             fixed layer of the network, so servers feed raw windows as before.
+        modes: Failure modes of the asset type: above zero, each member gets a head of that
+            many sigmoids (each mode's probability within the horizon) and the serving model
+            a ``mode_probability`` output of shape ``(batch, modes)``.
     """
     trunks: dict[str, Callable[[keras.KerasTensor, str, RecurrentOptions], keras.KerasTensor]] = {
         "cnn": _cnn_trunk,
@@ -94,6 +99,7 @@ def build_networks(
         source = _smoothed(inputs, window, smoothing)
     rul_heads: list[keras.KerasTensor] = []
     probability_heads: list[keras.KerasTensor] = []
+    mode_heads: list[keras.KerasTensor] = []
     training_outputs: dict[str, keras.KerasTensor] = {}
     for m in range(count):
         prefix = f"m{m}_"
@@ -104,6 +110,10 @@ def build_networks(
         probability_heads.append(probability)
         training_outputs[f"{prefix}rul_scaled"] = rul
         training_outputs[f"{prefix}probability"] = probability
+        if modes > 0:
+            mode = layers.Dense(modes, activation="sigmoid", name=f"{prefix}modes")(hidden)
+            mode_heads.append(mode)
+            training_outputs[f"{prefix}modes"] = mode
     if count > 1:
         rul_mean = layers.Average(name="rul_mean")(rul_heads)
         probability_mean = layers.Average(name="probability_mean")(probability_heads)
@@ -112,10 +122,12 @@ def build_networks(
     cycles = layers.Rescaling(scale=rul_clip, name="rul_cycles")(rul_mean)
     cycles = layers.ReLU(max_value=rul_clip, name=RUL_OUTPUT)(cycles)
     probability_out = layers.Identity(name=PROBABILITY_OUTPUT)(probability_mean)
+    serving_outputs = {RUL_OUTPUT: cycles, PROBABILITY_OUTPUT: probability_out}
+    if mode_heads:
+        mode_mean = layers.Average(name="mode_mean")(mode_heads) if count > 1 else mode_heads[0]
+        serving_outputs[MODE_OUTPUT] = layers.Identity(name=MODE_OUTPUT)(mode_mean)
     training = keras.Model(inputs, training_outputs, name=f"{architecture}_training")
-    serving = keras.Model(
-        inputs, {RUL_OUTPUT: cycles, PROBABILITY_OUTPUT: probability_out}, name=architecture
-    )
+    serving = keras.Model(inputs, serving_outputs, name=architecture)
     return Networks(training=training, serving=serving, members=count)
 
 

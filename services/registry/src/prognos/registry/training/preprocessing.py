@@ -121,6 +121,8 @@ class Preprocessing:
     age_std: float = 1.0
     padding: str = "edge"
     format_version: int = FORMAT_VERSION
+    #: The asset type's failure modes, in the order of the model's ``mode_probability``.
+    failure_modes: tuple[str, ...] = ()
 
     @classmethod
     def fit(
@@ -260,8 +262,11 @@ class Preprocessing:
         return np.stack(windows), np.unique(units)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form."""
-        return asdict(self)
+        """Plain JSON-ready form (without ``failure_modes`` when the type names none)."""
+        data = asdict(self)
+        if not self.failure_modes:
+            del data["failure_modes"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:

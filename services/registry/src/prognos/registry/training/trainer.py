@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -14,8 +14,14 @@ import numpy as np
 import pandas as pd
 
 from prognos.registry.training.data import CYCLE, RUL, SENSORS, SETTINGS, UNIT, add_rul
-from prognos.registry.training.lives import FAILED, censoring_weights, setting_decimals
+from prognos.registry.training.lives import (
+    FAILED,
+    censoring_weights,
+    mode_targets,
+    setting_decimals,
+)
 from prognos.registry.training.models import (
+    MODE_OUTPUT,
     PROBABILITY_OUTPUT,
     RUL_OUTPUT,
     RecurrentOptions,
@@ -104,6 +110,13 @@ class TrainedModel:
             np.asarray(outputs[PROBABILITY_OUTPUT], np.float64).reshape(-1),
         )
 
+    def predict_modes(self, windows: np.ndarray) -> np.ndarray:
+        """``(n, modes)`` probability of each failure mode within the horizon (no modes: 0 wide)."""
+        if not self.preprocessing.failure_modes:
+            return np.zeros((len(windows), 0))
+        outputs = self.model.predict(np.asarray(windows, np.float32), batch_size=1024, verbose=0)
+        return np.asarray(outputs[MODE_OUTPUT], np.float64)
+
     def save(self, directory: str | Path) -> Path:
         """Write the model, preprocessing, reference distributions and training record."""
         path = Path(directory)
@@ -156,6 +169,7 @@ def train(
     *,
     sensors: Sequence[str] = SENSORS,
     settings: Sequence[str] = SETTINGS,
+    failure_modes: Sequence[str] = (),
 ) -> TrainedModel:
     """Fit preprocessing and network on the lives of one asset type.
 
@@ -173,6 +187,8 @@ def train(
         sensors: The condition channels (the C-MAPSS sensors by default).
         settings: The operating-setting channels; ``config.setting_decimals`` rounds them
             when it has one value per setting, otherwise a rounding is fitted to the data.
+        failure_modes: The type's failure modes; with any, the model also learns each mode's
+            probability within the horizon from the ``failure_mode`` column of the lives.
 
     Returns:
         The trained model.
@@ -197,10 +213,13 @@ def train(
         settings=settings,
         age_column=CYCLE if config.age_feature else None,
     )
+    if failure_modes:
+        preprocessing = replace(preprocessing, failure_modes=tuple(failure_modes))
     windows, rul, failing = preprocessing.training_windows(frame)
+    ordered = frame.sort_values([UNIT, CYCLE], kind="stable")  # the order of the windows
+    modes = mode_targets(ordered, len(failure_modes), config.horizon_cycles)
     sample_weight: dict[str, np.ndarray] | None = None
     if FAILED in frame.columns and not frame[FAILED].all():
-        ordered = frame.sort_values([UNIT, CYCLE], kind="stable")
         rul_weight, probability_weight, failing = censoring_weights(
             ordered, config.rul_clip, config.horizon_cycles
         )
@@ -223,6 +242,7 @@ def train(
             dropout=config.dropout,
         ),
         smoothing=config.smoothing,
+        modes=len(failure_modes),
     )
     targets: dict[str, np.ndarray] = {}
     losses: dict[str, str] = {}
@@ -237,6 +257,12 @@ def train(
         if sample_weight is not None:
             sample_weight[f"m{m}_rul_scaled"] = rul_weight
             sample_weight[f"m{m}_probability"] = probability_weight
+        if failure_modes:
+            targets[f"m{m}_modes"] = modes
+            losses[f"m{m}_modes"] = "binary_crossentropy"
+            weights[f"m{m}_modes"] = config.probability_weight
+            if sample_weight is not None:
+                sample_weight[f"m{m}_modes"] = probability_weight
     steps = config.epochs * int(np.ceil(len(windows) / config.batch))
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(steps, 1))
     networks.training.compile(

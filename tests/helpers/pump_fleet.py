@@ -29,6 +29,7 @@ CHANNELS: tuple[tuple[str, str, float, float], ...] = (
 )
 SETTINGS = ("speed_setpoint",)
 FEATURES = tuple(name for name, *_ in CHANNELS if name not in SETTINGS)
+MODES = ("bearing_wear", "seal_leak")
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,19 @@ def pump_fleet(
         defect = np.where(t > onset, (np.exp(growth * (t - onset)) - 1.0) / 49.0, 0.0)
         if not fails:
             defect *= 0.0
+        # Odd pumps wear their bearing (vibration and heat), even ones leak at the seal
+        # (pressure and flow fall while the motor works harder).
+        mode = MODES[(n + 1) % 2]
+        bearing = defect if mode == "bearing_wear" else 0.0 * defect
+        seal = defect if mode == "seal_leak" else 0.0 * defect
         high_speed = (np.floor(t / rng.integers(30, 90)) % 2).astype(bool)
         speed = np.where(high_speed, 2900.0, 1450.0) + rng.normal(0, 3, steps)
         load = speed / 2900.0
-        vibration = 1.2 + 1.6 * load + 9.0 * defect + rng.normal(0, 0.15, steps)
-        temperature = 38 + 18 * load + 35 * defect + rng.normal(0, 0.6, steps)
-        pressure = 3.0 + 6.5 * load**2 - 1.5 * defect + rng.normal(0, 0.08, steps)
-        flow = 40 + 110 * load - 20 * defect + rng.normal(0, 1.5, steps)
-        current = 22 + 48 * load**3 + 12 * defect + rng.normal(0, 0.7, steps)
+        vibration = 1.2 + 1.6 * load + 9.0 * bearing + 0.5 * seal + rng.normal(0, 0.15, steps)
+        temperature = 38 + 18 * load + 35 * bearing + rng.normal(0, 0.6, steps)
+        pressure = 3.0 + 6.5 * load**2 - 0.3 * bearing - 2.5 * seal + rng.normal(0, 0.08, steps)
+        flow = 40 + 110 * load - 4 * bearing - 35 * seal + rng.normal(0, 1.5, steps)
+        current = 22 + 48 * load**3 + 12 * bearing + 6 * seal + rng.normal(0, 0.7, steps)
         times = origin + pd.to_timedelta(t * STEP_SECONDS + rng.uniform(0, 60, steps), unit="s")
         frame = pd.DataFrame(
             {
@@ -101,7 +107,7 @@ def pump_fleet(
                 {
                     "time": times[-1] + pd.Timedelta(minutes=5),
                     "asset_id": f"{prefix}{n}",
-                    "failure_mode": "bearing_wear",
+                    "failure_mode": mode,
                 }
             )
     return PumpFleet(

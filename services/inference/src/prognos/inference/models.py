@@ -32,6 +32,7 @@ from prognos.inference.preprocessing import ServingPreprocessing
 SIGNATURE = "serving_default"
 RUL_OUTPUT = "rul"
 PROBABILITY_OUTPUT = "failure_probability"
+MODE_OUTPUT = "mode_probability"
 #: Windows per interpreter call: small batches keep LiteRT's tensors in cache.
 CHUNK = 64
 _INTERPRETERS_PER_THREAD = 8
@@ -179,19 +180,31 @@ class _Interpreter:
         self.input = next(iter(inputs.values()))["index"]
         self.rul = outputs[RUL_OUTPUT]["index"]
         self.probability = outputs[PROBABILITY_OUTPUT]["index"]
+        modes = outputs.get(MODE_OUTPUT)
+        self.mode_index: int | None = None if modes is None else modes["index"]
         self.batch = 0
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._invoke(windows)
+        return (
+            self.interpreter.get_tensor(self.rul).reshape(-1),
+            self.interpreter.get_tensor(self.probability).reshape(-1),
+        )
+
+    def _invoke(self, windows: np.ndarray) -> None:
         if len(windows) != self.batch:
             self.interpreter.resize_tensor_input(self.input, windows.shape, strict=False)
             self.interpreter.allocate_tensors()
             self.batch = len(windows)
         self.interpreter.set_tensor(self.input, windows)
         self.interpreter.invoke()
-        return (
-            self.interpreter.get_tensor(self.rul).reshape(-1),
-            self.interpreter.get_tensor(self.probability).reshape(-1),
-        )
+
+    def modes(self, windows: np.ndarray) -> np.ndarray:
+        """``(batch, modes)`` probability of each failure mode; 0 wide without the output."""
+        if self.mode_index is None:
+            return np.zeros((len(windows), 0))
+        self._invoke(windows)
+        return np.array(self.interpreter.get_tensor(self.mode_index), np.float64)
 
 
 class ModelRunner:
@@ -236,6 +249,20 @@ class ModelRunner:
             rul[start : start + len(part)] = r
             probability[start : start + len(part)] = p
         return rul, probability
+
+    def run_modes(self, model: ServingModel, windows: np.ndarray) -> np.ndarray:
+        """``(batch, modes)`` probability of each of the model's failure modes.
+
+        Only models of an asset type with failure modes have this output; it takes a call
+        of its own so that the hot path of every other model stays as it is.
+        """
+        interpreter = self._interpreter(model)
+        windows = np.ascontiguousarray(windows, np.float32)
+        parts = [
+            interpreter.modes(windows[start : start + CHUNK])
+            for start in range(0, len(windows), CHUNK)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
 class ServingModels:

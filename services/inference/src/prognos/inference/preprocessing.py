@@ -65,6 +65,8 @@ class ServingPreprocessing:
     means: np.ndarray = field(repr=False)
     stds: np.ndarray = field(repr=False)
     channel_names: Mapping[str, str] = field(default_factory=dict)
+    #: The asset type's failure modes, in the order of the model's ``mode_probability``.
+    failure_modes: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServingPreprocessing:
@@ -97,6 +99,7 @@ class ServingPreprocessing:
                 means=np.asarray(data["means"], np.float64),
                 stds=np.asarray(data["stds"], np.float64),
                 channel_names=dict(data.get("channels", {})),
+                failure_modes=tuple(str(m) for m in data.get("failure_modes", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise PreprocessingFormatError(f"malformed preprocessing: {e!r}") from None

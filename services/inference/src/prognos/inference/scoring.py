@@ -51,6 +51,8 @@ class Scores:
     probability: np.ndarray
     digests: list[str]
     explanations: dict[int, list[Contribution]]
+    #: ``(batch, modes)`` probability of each failure mode; ``None`` for a model without.
+    modes: np.ndarray | None = None
 
 
 def input_digest(window: np.ndarray) -> str:
@@ -98,7 +100,8 @@ def score(
     inputs = prep.inputs(raw[:, raw.shape[1] - model.window :], resolved)
     rul, probability = runner.run(model, inputs)
     digests = [input_digest(window) for window in inputs]
-    scores = Scores(model, inputs, rul, probability, digests, {})
+    modes = runner.run_modes(model, inputs) if prep.failure_modes else None
+    scores = Scores(model, inputs, rul, probability, digests, {}, modes)
     if explain_at is not None:
         explain(runner, scores, raw, channels, explain_at)
     return scores
@@ -230,6 +233,8 @@ def predictions(
     rul = scores.rul.tolist()
     digests = scores.digests
     explanations = scores.explanations
+    mode_rows = scores.modes
+    mode_names = () if mode_rows is None else scores.model.preprocessing.failure_modes
     # Built in place in a repeated field: no copy per message.
     out = inference_pb2.PredictBatchResponse().predictions if into is None else into
     for i, asset in enumerate(assets):
@@ -265,6 +270,9 @@ def predictions(
         stamp.seconds, stamp.nanos = start_s[i], start_ns[i]
         stamp = window.end_time
         stamp.seconds, stamp.nanos = after_s[i], after_ns[i]
+        if mode_rows is not None:
+            for k in np.argsort(-mode_rows[i], kind="stable").tolist():
+                p.failure_modes.add(failure_mode=mode_names[k], probability=mode_rows[i][k])
         explanation = explanations.get(i)
         if explanation:
             for c in explanation:

@@ -80,7 +80,9 @@ def prediction_from_proto(p: inference_pb2.Prediction) -> tuple[Prediction, Caus
         model_version=p.model_version,
         top_sensors=top,
         input_digest=p.input_digest,
-        failure_mode=DEFAULT_FAILURE_MODE,
+        # A model of a type with failure modes names the most likely one (they come sorted),
+        # so "one open order per asset and failure mode" holds for every type.
+        failure_mode=p.failure_modes[0].failure_mode if p.failure_modes else DEFAULT_FAILURE_MODE,
     )
     cause = Cause(
         prediction_id=p.prediction_id,

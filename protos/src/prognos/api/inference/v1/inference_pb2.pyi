@@ -135,6 +135,7 @@ class Prediction(_message.Message):
     SHADOW_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     MADE_AT_FIELD_NUMBER: _builtins.int
+    FAILURE_MODES_FIELD_NUMBER: _builtins.int
     prediction_id: _builtins.str
     """Server-assigned identifier; work orders and audit entries point to it."""
     asset_id: _builtins.str
@@ -177,6 +178,13 @@ class Prediction(_message.Message):
     def made_at(self) -> _timestamp_pb2.Timestamp:
         """When the prediction was computed."""
 
+    @_builtins.property
+    def failure_modes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureModeRisk]:
+        """Where the asset type declares failure modes and the model predicts them: each mode's
+        probability of failing within `horizon`, most likely first. Empty otherwise. A work
+        order opened from this prediction names the most likely mode.
+        """
+
     def __init__(
         self,
         *,
@@ -194,14 +202,41 @@ class Prediction(_message.Message):
         shadow: _builtins.bool = ...,
         window: Global___TimeWindow | None = ...,
         made_at: _timestamp_pb2.Timestamp | None = ...,
+        failure_modes: _abc.Iterable[Global___FailureModeRisk] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "made_at", b"made_at", "rul", b"rul", "time", b"time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "failure_probability", b"failure_probability", "horizon", b"horizon", "input_digest", b"input_digest", "made_at", b"made_at", "model_version", b"model_version", "plant", b"plant", "prediction_id", b"prediction_id", "rul", b"rul", "shadow", b"shadow", "time", b"time", "top_sensors", b"top_sensors", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "failure_modes", b"failure_modes", "failure_probability", b"failure_probability", "horizon", b"horizon", "input_digest", b"input_digest", "made_at", b"made_at", "model_version", b"model_version", "plant", b"plant", "prediction_id", b"prediction_id", "rul", b"rul", "shadow", b"shadow", "time", b"time", "top_sensors", b"top_sensors", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Prediction: _TypeAlias = Prediction  # noqa: Y015
+
+@_typing.final
+class FailureModeRisk(_message.Message):
+    """FailureModeRisk is the probability that an asset fails of one failure mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    failure_mode: _builtins.str
+    """The failure mode, one of the asset type's `failure_modes` (e.g. "tool_wear")."""
+    probability: _builtins.float
+    """Probability (0 to 1) of a failure of this mode within the prediction's horizon."""
+    def __init__(
+        self,
+        *,
+        failure_mode: _builtins.str = ...,
+        probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_mode", b"failure_mode", "probability", b"probability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureModeRisk: _TypeAlias = FailureModeRisk  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):

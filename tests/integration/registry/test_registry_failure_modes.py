@@ -1,0 +1,133 @@
+"""Failure modes from labels to the work order: trained, evaluated per mode, served, named.
+
+A pump type declares two failure modes; its pumps' failures carry them. The registry's
+worker trains one model with a head per mode and reports precision, recall, F1 and AUC per
+mode on held-out lives; inference loads the exported LiteRT model and gives each mode's
+probability, most likely first; the scheduler opens the work order for the most likely mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from prognos.api.inference.v1 import inference_pb2
+from prognos.inference.models import Artifact, ModelRunner, load_model
+from prognos.inference.scoring import AssetInfo, predictions, score
+from prognos.registry import worker
+from prognos.scheduler.translate import prediction_from_proto
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _load(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "helpers" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pumps = _load("pump_fleet")
+data = _load("registry_data")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small pump model with failure modes, trained as the registry's worker trains."""
+    work = tmp_path_factory.mktemp("modes")
+    fleet = pumps.pump_fleet(10, failing=8, days=5, seed=21)
+    snapshot = data.write_frames(
+        work / "archive",
+        name="pumps",
+        asset_type="pump",
+        readings=fleet.readings,
+        failures=fleet.failures,
+    )
+    (work / "snapshot.pb").write_bytes(snapshot.SerializeToString())
+    (work / "type.pb").write_bytes(pumps.asset_type().SerializeToString())
+    spec = {
+        "run_id": "r1",
+        "asset_type": "pump",
+        "hyperparameters": {
+            "epochs": "2",
+            "members": "1",
+            "window": "24",
+            "units": "16",
+            "holdout_units": "3",
+            "truncations": "3",
+            "verification_samples": "16",
+        },
+        "horizon_cycles": None,
+        "asset_type_file": str(work / "type.pb"),
+        "source": {"kind": "snapshot", "snapshot_file": str(work / "snapshot.pb")},
+        "champion_bundle": "",
+        "out": str(work / "bundle"),
+    }
+    result = worker.train_command(spec, lambda _: None, threading.Event())
+    return {"result": result, "fleet": fleet}
+
+
+def test_each_mode_is_scored_on_held_out_lives(trained: dict) -> None:
+    metrics = trained["result"]["metrics"]
+
+    for mode in pumps.MODES:
+        for figure in ("precision", "recall", "f1", "positives"):
+            assert f"mode.{mode}.{figure}" in metrics
+    evaluation = json.loads((Path(trained["result"]["bundle"]) / "evaluation.json").read_text())
+    assert set(evaluation["modes"]) == set(pumps.MODES)
+    positives = sum(evaluation["modes"][m]["positives"] for m in pumps.MODES)
+    # Every held-out cut within the horizon of a failure is a positive of exactly one mode.
+    assert positives == evaluation["binary"]["positives"]
+
+
+def test_inference_gives_each_mode_most_likely_first_and_the_order_names_it(
+    trained: dict,
+) -> None:
+    bundle = Path(trained["result"]["bundle"])
+    artifacts = [
+        Artifact(
+            name,
+            (bundle / name).resolve().as_uri(),
+            "sha256:" + hashlib.sha256((bundle / name).read_bytes()).hexdigest(),
+        )
+        for name in ("model.tflite", "preprocessing.json")
+    ]
+    model = load_model("pump", "pump-v1", artifacts)
+    assert model.preprocessing.failure_modes == pumps.MODES
+    readings = trained["fleet"].readings
+    channels = [name for name, *_ in pumps.CHANNELS]
+    windows = np.stack(
+        [
+            rows[channels].to_numpy(np.float32)[-model.window :]
+            for _, rows in readings.groupby("asset_id", sort=True)
+        ]
+    )
+    assets = [
+        AssetInfo(asset_id=a, asset_type="pump", plant="P1", horizon=None, row_interval_s=600.0)
+        for a in sorted(readings["asset_id"].unique())
+    ]
+    now = np.full(len(assets), 1_800_000_000_000_000, np.int64)
+
+    scores = score(ModelRunner(), model, windows, channels, explain_at=None)
+    made = list(predictions(scores, assets, now, now))
+
+    for prediction in made:
+        risks = [(r.failure_mode, r.probability) for r in prediction.failure_modes]
+        assert [m for m, _ in risks] and {m for m, _ in risks} == set(pumps.MODES)
+        assert [p for _, p in risks] == sorted((p for _, p in risks), reverse=True)
+        assert all(0.0 <= p <= 1.0 for _, p in risks)
+        decided, _ = prediction_from_proto(prediction)
+        assert decided.failure_mode == risks[0][0]
+    plain = inference_pb2.Prediction(prediction_id="x", asset_id="a", failure_probability=0.9)
+    assert prediction_from_proto(plain)[0].failure_mode == "any"

@@ -277,6 +277,16 @@ async def alias_holders_of(conn: AsyncConnection, asset_type: str) -> dict[str, 
     return {r.alias: r.model_version_id for r in rows}
 
 
+async def holders_of_alias(conn: AsyncConnection, alias: str) -> dict[str, str]:
+    """``{asset type: model version id}`` of every asset type whose ``alias`` is held."""
+    rows = await conn.execute(
+        select(alias_holders.c.asset_type, alias_holders.c.model_version_id)
+        .where(alias_holders.c.alias == alias)
+        .order_by(alias_holders.c.asset_type)
+    )
+    return {r.asset_type: r.model_version_id for r in rows}
+
+
 async def aliases_of_version(conn: AsyncConnection, model_version_id: str) -> list[str]:
     rows = await conn.execute(
         select(alias_holders.c.alias).where(alias_holders.c.model_version_id == model_version_id)

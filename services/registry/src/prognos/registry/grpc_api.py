@@ -115,6 +115,11 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
                 )
             raise
 
+    async def _resolve(self, reference: str, field_name: str = "model_version_id") -> str:
+        """The version id a request's reference names (see ``handlers.resolve_version``)."""
+        async with self._store.reader() as conn:
+            return await handlers.resolve_version(conn, reference, field_name)
+
     # --- reads ---------------------------------------------------------------------------
 
     async def _version_proto(self, model_version_id: str) -> tuple[registry_pb2.ModelVersion, int]:
@@ -159,7 +164,8 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def GetModelVersion(
         self, request: registry_pb2.GetModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetModelVersionResponse:
-        version, stream_version = await self._version_proto(request.model_version_id)
+        version_id = await self._resolve(request.model_version_id)
+        version, stream_version = await self._version_proto(version_id)
         return registry_pb2.GetModelVersionResponse(model_version=version, version=stream_version)
 
     async def ListModelVersions(
@@ -288,12 +294,13 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def ApproveModelVersion(
         self, request: registry_pb2.ApproveModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ApproveModelVersionResponse:
-        subject = f"model_version/{request.model_version_id}"
+        version_id = await self._resolve(request.model_version_id)
+        subject = f"model_version/{version_id}"
         async with self._refusal_audited("model_version.approve", subject, {}):
             async with self._store.transaction() as uow:
                 version = await handlers.approve_model_version(
                     uow,
-                    request.model_version_id,
+                    version_id,
                     _actor(),
                     request.comment,
                     request.expected_version,
@@ -305,11 +312,12 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         self, request: registry_pb2.PromoteModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.PromoteModelVersionResponse:
         alias = _alias(request.alias)
-        subject = f"model_version/{request.model_version_id}"
+        version_id = await self._resolve(request.model_version_id)
+        subject = f"model_version/{version_id}"
         async with self._refusal_audited("alias.promote", subject, {"alias": str(alias)}):
             async with self._store.transaction() as uow:
                 move = await handlers.promote_model_version(
-                    uow, request.model_version_id, alias, _actor(), request.reason
+                    uow, version_id, alias, _actor(), request.reason
                 )
         return registry_pb2.PromoteModelVersionResponse(change=alias_change_to_proto(move))
 
@@ -317,15 +325,21 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         self, request: registry_pb2.RollbackAliasRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.RollbackAliasResponse:
         alias = _alias(request.alias)
+        handlers.check_asset_type_name(request.asset_type)
+        to = (
+            await self._resolve(request.to_model_version_id, "to_model_version_id")
+            if request.to_model_version_id
+            else ""
+        )
         subject = f"alias/{request.asset_type}/{alias}"
-        details = {"to": request.to_model_version_id}
+        details = {"to": to}
         async with self._refusal_audited("alias.rollback", subject, details):
             async with self._store.transaction() as uow:
                 move = await handlers.rollback_alias(
                     uow,
                     request.asset_type,
                     alias,
-                    request.to_model_version_id,
+                    to,
                     _actor(),
                     request.reason,
                 )
@@ -397,7 +411,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
     async def EvaluateModelVersion(
         self, request: registry_pb2.EvaluateModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.EvaluateModelVersionResponse:
-        version, _ = await self._version_proto(request.model_version_id)
+        version, _ = await self._version_proto(await self._resolve(request.model_version_id))
         for field_name in ("test_content_hash", "truth_content_hash"):
             value = getattr(request, field_name)
             try:

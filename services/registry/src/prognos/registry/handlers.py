@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import events_pb2
-from prognos.core.errors import ConcurrencyError, NotFoundError
+from prognos.core.errors import ConcurrencyError, FailedPreconditionError, NotFoundError, quote
 from prognos.core.store import utcnow
 from prognos.registry import adapters
 from prognos.registry.domain import (
@@ -44,6 +44,8 @@ from prognos.registry.translate import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from prognos.core.store import StoredEvent, UnitOfWork
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -69,6 +71,104 @@ def training_run_stream(run_id: str) -> str:
 def check_asset_type_name(name: str, field_name: str = "asset_type") -> None:
     if not _NAME.match(name):
         raise InvalidCommandError(field_name, "letters, digits, '-' and '_' (at most 128)")
+
+
+#: The longest model version id (an asset type's name, "-v" and a number).
+MAX_VERSION_ID = 200
+_REFERENCE_HELP = "a model version id, champion, challenger, or <asset type>@<alias>"
+
+
+@dataclass(frozen=True)
+class VersionReference:
+    """What a request's version field names: a version id, or an alias of an asset type.
+
+    ``version_id`` is set for a plain id; otherwise ``alias`` is, with ``asset_type`` empty
+    for a bare alias (``champion``).
+    """
+
+    version_id: str = ""
+    asset_type: str = ""
+    alias: Alias | None = None
+
+
+def parse_version_reference(
+    reference: str, field_name: str = "model_version_id"
+) -> VersionReference:
+    """Read a version reference: ``turbofan-v3``, ``turbofan@champion`` or ``champion``.
+
+    Raises:
+        InvalidCommandError: the reference is empty, too long, or names an unknown alias.
+    """
+    if not reference:
+        raise InvalidCommandError(field_name, f"required: {_REFERENCE_HELP}")
+    if len(reference) > MAX_VERSION_ID or not reference.isprintable():
+        raise InvalidCommandError(
+            field_name,
+            f"at most {MAX_VERSION_ID} printable characters ({_REFERENCE_HELP}), "
+            f"got {quote(reference)}",
+        )
+    asset_type, at, alias_name = reference.rpartition("@")
+    if not at:
+        if reference in set(Alias):
+            return VersionReference(alias=Alias(reference))
+        return VersionReference(version_id=reference)
+    if alias_name not in set(Alias):
+        raise InvalidCommandError(
+            field_name,
+            f"{quote(alias_name)} is not an alias: use {' or '.join(Alias)} after the '@'",
+        )
+    check_asset_type_name(asset_type, field_name)
+    return VersionReference(asset_type=asset_type, alias=Alias(alias_name))
+
+
+async def resolve_version(
+    conn: AsyncConnection, reference: str, field_name: str = "model_version_id"
+) -> str:
+    """The model version id that ``reference`` names, wherever an RPC takes a version.
+
+    A reference is a model version id (``turbofan-v3``), an alias of an asset type
+    (``turbofan@champion``), or a bare alias (``champion``, ``challenger``) when exactly one
+    asset type has that alias held.
+
+    Raises:
+        InvalidCommandError: the reference is malformed (see ``parse_version_reference``).
+        NotFoundError: no version holds the alias named.
+        FailedPreconditionError: a bare alias is held in more than one asset type.
+    """
+    parsed = parse_version_reference(reference, field_name)
+    if parsed.alias is None:
+        return parsed.version_id
+    alias = parsed.alias
+    if parsed.asset_type:
+        holders = await adapters.alias_holders_of(conn, parsed.asset_type)
+        holder = holders.get(str(alias))
+        if holder is None:
+            raise NotFoundError(
+                "model_alias",
+                reference,
+                f"{field_name}: no model version of {parsed.asset_type} is {alias}",
+                reason="ALIAS_NOT_HELD",
+            )
+        return holder
+    by_type = await adapters.holders_of_alias(conn, str(alias))
+    if not by_type:
+        raise NotFoundError(
+            "model_alias",
+            reference,
+            f"{field_name}: no asset type has a {alias}",
+            reason="ALIAS_NOT_HELD",
+        )
+    if len(by_type) > 1:
+        types = ", ".join(by_type)
+        hint = f"name one, as {next(iter(by_type))}@{alias}"
+        raise FailedPreconditionError(
+            [("ALIAS_AMBIGUOUS", field_name, f"asset types {types} each have a {alias}: {hint}")],
+            f"{field_name}: {alias} is held in asset types {types}; {hint}",
+            reason="ALIAS_AMBIGUOUS",
+            metadata={"alias": str(alias), "asset_types": types},
+        )
+    (holder,) = by_type.values()
+    return holder
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -881,7 +881,9 @@ class GetModelVersionRequest(_message.Message):
 
     MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
     model_version_id: _builtins.str
-    """Identifier of the model version."""
+    """Identifier of the model version, or an alias reference (`turbofan@champion`,
+    `champion`; see "Version references" on ModelRegistry).
+    """
     def __init__(
         self,
         *,
@@ -995,7 +997,9 @@ class ApproveModelVersionRequest(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     model_version_id: _builtins.str
-    """Identifier of the model version."""
+    """Identifier of the model version, or an alias reference (`turbofan@champion`,
+    `champion`; see "Version references" on ModelRegistry).
+    """
     comment: _builtins.str
     """Why it is approved; recorded in the audit trail."""
     expected_version: _builtins.int
@@ -1055,7 +1059,10 @@ class PromoteModelVersionRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     model_version_id: _builtins.str
-    """Identifier of the model version to promote."""
+    """Identifier of the model version to promote, or an alias reference (for example
+    `turbofan@challenger` to make the challenger champion; see "Version references" on
+    ModelRegistry).
+    """
     alias: Global___ModelAlias.ValueType
     """The alias to move: champion or challenger."""
     reason: _builtins.str
@@ -1115,7 +1122,8 @@ class RollbackAliasRequest(_message.Message):
     """The alias to roll back."""
     to_model_version_id: _builtins.str
     """Version to return to; empty for the version that held the alias before the last move.
-    It must have held this alias before.
+    It must have held this alias before. A version id or an alias reference (see "Version
+    references" on ModelRegistry).
     """
     reason: _builtins.str
     """Why; recorded in the alias history and the audit trail."""
@@ -1609,7 +1617,9 @@ class EvaluateModelVersionRequest(_message.Message):
     TEST_CONTENT_HASH_FIELD_NUMBER: _builtins.int
     TRUTH_CONTENT_HASH_FIELD_NUMBER: _builtins.int
     model_version_id: _builtins.str
-    """Identifier of the model version."""
+    """Identifier of the model version, or an alias reference (`turbofan@champion`,
+    `champion`; see "Version references" on ModelRegistry).
+    """
     test_content_hash: _builtins.str
     """Content hash of the uploaded test file (NASA test_FD00x.txt layout)."""
     truth_content_hash: _builtins.str

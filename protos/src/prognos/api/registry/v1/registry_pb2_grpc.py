@@ -33,6 +33,19 @@ class ModelRegistryStub:
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+    - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+    asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+    - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+    type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+    (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+    several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     def __init__(self, channel):
@@ -131,6 +144,19 @@ class ModelRegistryServicer:
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+    - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+    asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+    - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+    type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+    (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+    several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     def ListAssetTypes(self, request, context):
@@ -362,6 +388,19 @@ class ModelRegistry:
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+    - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+    asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+    - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+    type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+    (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+    several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     @staticmethod

@@ -36,6 +36,19 @@ class ModelRegistryStub:
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+      - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+        asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+      - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+        type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+        (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+        several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     @_typing.overload
@@ -114,6 +127,19 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+      - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+        asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+      - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+        type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+        (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+        several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -188,6 +214,19 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
     Errors: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a wrong state (promoting a
     version that is not approved when the policy requires it), ABORTED for a concurrent
     change (read again and retry), PERMISSION_DENIED when the caller's role lacks the right.
+
+    Version references: every request field that names one model version
+    (`model_version_id`, `to_model_version_id`) takes, besides a version id such as
+    `turbofan-v3` (at most 200 characters), an alias reference that the server resolves
+    when the call arrives:
+      - `turbofan@champion`, `turbofan@challenger`: the version holding that alias of the
+        asset type; NOT_FOUND (reason ALIAS_NOT_HELD) when none does;
+      - a bare `champion` or `challenger`: the holder of that alias when exactly one asset
+        type has it held; NOT_FOUND (ALIAS_NOT_HELD) when none has, FAILED_PRECONDITION
+        (reason ALIAS_AMBIGUOUS, the asset types in ErrorInfo metadata `asset_types`) when
+        several have.
+    An unknown alias after the `@` is INVALID_ARGUMENT. Responses always carry the resolved
+    version id, never the reference.
     """
 
     @_abc_1.abstractmethod

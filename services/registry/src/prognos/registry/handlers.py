@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import events_pb2
-from prognos.core.errors import ConcurrencyError, FailedPreconditionError, NotFoundError, quote
+from prognos.core.errors import (
+    ConcurrencyError,
+    FailedPreconditionError,
+    NotFoundError,
+    quote,
+    shorten,
+)
 from prognos.core.store import utcnow
 from prognos.registry import adapters
 from prognos.registry.domain import (
@@ -510,7 +516,9 @@ async def start_training(uow: UnitOfWork, command: StartTraining) -> TrainingRun
     check_asset_type_name(command.asset_type)
     for key in command.hyperparameters:
         if not _PARAMETER.match(key):
-            raise InvalidCommandError(f"hyperparameters[{key}]", "lower_snake_case names only")
+            raise InvalidCommandError(
+                f"hyperparameters[{shorten(key)}]", "lower_snake_case names only"
+            )
     if command.idempotency_key:
         existing = await adapters.training_run_by_key(uow.conn, command.idempotency_key)
         if existing is not None:

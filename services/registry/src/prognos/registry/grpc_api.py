@@ -429,7 +429,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
                 [("test_content_hash", f"the evaluation failed: {error}")]
             ) from None
         return registry_pb2.EvaluateModelVersionResponse(
-            metrics=metrics, evaluation_json=evaluation, report_png=png
+            metrics=metrics, evaluation_json=evaluation, report_png=png, model_version_id=version.id
         )
 
     # --- training ------------------------------------------------------------------------

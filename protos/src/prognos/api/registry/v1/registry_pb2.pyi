@@ -1668,10 +1668,13 @@ class EvaluateModelVersionResponse(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     EVALUATION_JSON_FIELD_NUMBER: _builtins.int
     REPORT_PNG_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_ID_FIELD_NUMBER: _builtins.int
     evaluation_json: _builtins.str
     """The whole evaluation as JSON: the metrics, the calibration table and one row per unit."""
     report_png: _builtins.bytes
     """The PNG report: predicted vs true RUL per unit, error histogram, calibration curve."""
+    model_version_id: _builtins.str
+    """The model version evaluated: the request's reference, resolved."""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Headline metrics: "units", "rmse", "phm08_score", "mean_error", "precision", "recall",
@@ -1684,10 +1687,11 @@ class EvaluateModelVersionResponse(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         evaluation_json: _builtins.str = ...,
         report_png: _builtins.bytes = ...,
+        model_version_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_json", b"evaluation_json", "metrics", b"metrics", "report_png", b"report_png"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_json", b"evaluation_json", "metrics", b"metrics", "model_version_id", b"model_version_id", "report_png", b"report_png"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -11,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
+import numpy as np
 import pytest
 
+from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.api.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from prognos.cli.client import address_of, open_channel, secrets_of
 from prognos.cli.launcher import RunInfo
@@ -131,3 +134,70 @@ async def test_the_erp_completes_a_work_order_and_names_a_bad_field(
     assert order.state == scheduler_pb2.WORK_ORDER_STATE_COMPLETED
     assert order.outcome.failure_mode == "bearing_wear"
     assert f"completed {order.id}: WORK_ORDER_STATE_COMPLETED" in out, out
+
+
+def _pump(name: str) -> ingest_pb2.AssetType:
+    asset_type = ingest_pb2.AssetType(name=name, display_name="Pump")
+    for channel_name, unit, low, high in [
+        ("bearing_temp", "degC", -40.0, 120.0),
+        ("pressure", "kPa", 0.0, 2_000.0),
+    ]:
+        channel = asset_type.channels.add(
+            name=channel_name, unit=unit, min_value=low, max_value=high
+        )
+        channel.expected_interval.FromSeconds(1)
+    asset_type.horizon.duration.FromSeconds(48 * 3600)
+    return asset_type
+
+
+async def test_the_gateway_streams_a_batch_that_is_stored_as_sent(
+    fleet: RunInfo, node_example: Path
+) -> None:
+    plant = f"plant-gw-{uuid.uuid4().hex[:6]}"
+    asset_id = f"{plant}/pump-1"
+    type_name = f"pump-{uuid.uuid4().hex[:8]}"
+    # Asset types are an ML engineer's to declare; the gateway only reads its own.
+    async with open_channel(fleet, "ingest", role="ml-engineer") as channel:
+        await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
+            ingest_pb2.RegisterAssetTypeRequest(asset_type=_pump(type_name)), timeout=10
+        )
+
+    environment = {
+        **_environment(fleet, "ingest", "gateway"),
+        "PROGNOS_PLANT": plant,
+        "PROGNOS_ASSET_ID": asset_id,
+        "PROGNOS_ASSET_TYPE": type_name,
+        "PROGNOS_ROWS": "5",
+    }
+    out = await _node("gateway.js", node_example, environment)
+
+    assert f"asset {asset_id} in {plant}: 1 newly registered" in out, out
+    receipt = re.search(
+        r"receipt batch=(\S+) accepted=(\d+) quarantined=(\d+) sequence=(\d+) duplicate=(\w+)", out
+    )
+    assert receipt is not None, out
+    batch_id, accepted, quarantined, sequence, duplicate = receipt.groups()
+    assert (int(accepted), int(quarantined), duplicate) == (10, 0, "false"), out
+
+    async with open_channel(fleet, "ingest", role="gateway") as channel:
+        stored_asset = await ingest_pb2_grpc.IngestServiceStub(channel).GetAsset(
+            ingest_pb2.GetAssetRequest(asset_id=asset_id), timeout=10
+        )
+    assert (stored_asset.asset.plant, stored_asset.asset.asset_type) == (plant, type_name)
+
+    nc = await nats.connect(fleet.nats_url)
+    try:
+        message = await nc.jetstream().get_msg("TELEMETRY", int(sequence))
+    finally:
+        await nc.close()
+    stored = ingest_pb2.TelemetryBatch.FromString(message.data or b"")
+    assert (stored.batch_id, stored.asset_id, stored.asset_type) == (batch_id, asset_id, type_name)
+    stamps = np.frombuffer(stored.timestamps_us_le, "<i8")
+    assert len(stamps) == 5 and (np.diff(stamps) == 1_000_000).all()
+    values = {c.name: np.frombuffer(c.values_f64_le, "<f8").tolist() for c in stored.channels}
+    assert values == {"bearing_temp": [40.0] * 5, "pressure": [1_000.0] * 5}
+
+    # Run again: the asset is left as registered, and a new batch gets its own receipt.
+    again = await _node("gateway.js", node_example, environment)
+    assert f"asset {asset_id} in {plant}: 0 newly registered" in again, again
+    assert "accepted=10 quarantined=0" in again and batch_id not in again, again

@@ -266,3 +266,46 @@ async def test_a_service_without_an_address_is_named_as_not_configured(fleet: Fl
     assert not ingest.answered
     assert ingest.error == "NOT_CONFIGURED: no address of ingest (PROGNOS_INGEST_ADDRESS)"
     assert {s.service for s in trail.steps} == {"scheduler", "inference", "registry"}
+
+
+async def test_a_trail_holds_only_what_led_to_its_work_order_and_each_fact_once(
+    fleet: Fleet,
+) -> None:
+    registry, inference = fleet.stores["registry"], fleet.stores["inference"]
+    await _entry(registry, "alias.promoted", "alias/m/champion", to="m-v1", **{"from": ""})
+    # A later retraining on the same snapshot, whose model takes over the challenger alias.
+    await _entry(
+        registry, "training_run.queued", "training_run/run-2", dataset_snapshot_id="snap-1"
+    )
+    await _entry(
+        registry, "model_version.registered", "model_version/m-v2", training_run_id="run-2"
+    )
+    await _entry(registry, "training_run.succeeded", "training_run/run-2", model_version_id="m-v2")
+    await _entry(registry, "alias.promoted", "alias/m/challenger", to="m-v2", **{"from": "m-v1"})
+    await _entry(registry, "retrain.skipped", "asset_type/m", model_version="m-v1")
+    # A replica that rebuilt its windows raises the same prediction's alert again.
+    await _entry(
+        inference,
+        "prediction.alert_raised",
+        "asset/a-1",
+        prediction_id="p-1",
+        model_version="m-v1",
+        **WINDOW,
+    )
+
+    trail = await fleet.whole("wo-1")
+
+    lineage = [(s.action, s.subject) for s in trail.steps if s.service == "registry"]
+    assert lineage == [
+        ("training_run.queued", "training_run/run-1"),
+        ("model_version.registered", "model_version/m-v1"),
+        ("alias.promoted", "alias/m/champion"),
+    ]
+    alerts = [s for s in trail.steps if s.action == "prediction.alert_raised"]
+    assert [s.audit_seq for s in alerts] == [1]
+    assert "training_run/run-2" not in trail.references
+    assert "dataset_snapshot.created" in {s.action for s in trail.steps}
+    assert [s.action for s in trail.steps if s.service == "scheduler"] == [
+        "work_order.proposed",
+        "work_order.released",
+    ]

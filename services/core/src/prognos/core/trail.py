@@ -3,11 +3,20 @@
 A trail starts from ``work_order/<id>`` and references (``prediction/<id>``,
 ``model_version/<id>``, ``training_run/<id>``, ``dataset_snapshot/<id>``, ``asset/<id>``).
 An entry belongs to the trail when its subject is one of the references, or when a value of
-its details (or an item of a list value) is the id of one; the entries found name further
-references under well-known detail keys (``prediction_id``, ``model_version``,
-``training_run_id``, ...): training runs and dataset snapshots are followed until nothing
-new turns up, the others are returned for the caller to ask the service that owns them. A
-service may add steps of its own that are not audit entries (ingest: the telemetry batches
+its details (or an item of a list value) is the id of a reference the trail starts from;
+the entries found name further references under well-known detail keys (``prediction_id``,
+``model_version``, ``training_run_id``, ...): training runs and dataset snapshots are
+followed until nothing new turns up, the others are returned for the caller to ask the
+service that owns them.
+
+A trail holds what led to its work order, so the lineage is followed backwards only: a
+training run or dataset snapshot reached by following brings in the entries about it (its
+subject), not every entry that mentions it (many runs train on one snapshot). Nor does an
+entry join by a mention that says what something was before (an alias moved ``from`` a
+version) or by a mention in a fact about a whole asset type (drift, retraining decisions),
+which concern every work order of that type.
+
+A service may add steps of its own that are not audit entries (ingest: the telemetry batches
 of the input window with their receipts) through a ``TrailSource``.
 """
 
@@ -28,7 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FOLLOWED_KINDS",
+    "PAST_KEYS",
     "REFERENCE_KEYS",
+    "WHOLE_TYPE_KINDS",
     "TrailPart",
     "TrailQuery",
     "TrailSource",
@@ -52,6 +63,14 @@ FOLLOWED_KINDS = frozenset({"training_run", "dataset_snapshot"})
 """Kinds a service follows in its own chain. The others name things shared by many work
 orders (a model version makes many predictions), so following them would pull in the
 trails of other work orders; they are reported for the caller to ask about."""
+
+PAST_KEYS = frozenset({"from"})
+"""Detail keys that name what something was before the change (an alias's previous
+version): an entry does not join a trail by them."""
+
+WHOLE_TYPE_KINDS = frozenset({"asset_type"})
+"""Subject kinds of facts about everything of a kind (a type's drift, its retraining): such
+an entry joins a trail only by its subject, never by a mention."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +127,10 @@ TrailSource = Callable[
 """Adds a service's own steps; gets the query and the service's whole chain."""
 
 
-def _values(details: dict[str, Any]) -> Iterable[str]:
-    for value in details.values():
+def _values(details: dict[str, Any], skip: frozenset[str] = frozenset()) -> Iterable[str]:
+    for key, value in details.items():
+        if key in skip:
+            continue
         if isinstance(value, str):
             yield value
         elif isinstance(value, list):
@@ -126,10 +147,13 @@ def references_in(entry: audit.AuditEntry) -> set[str]:
     return found
 
 
-def _matches(entry: audit.AuditEntry, references: set[str], ids: set[str]) -> bool:
+def _matches(entry: audit.AuditEntry, references: set[str], mentioned: set[str]) -> bool:
+    """Whether ``entry`` is about a reference, or mentions the id of one in ``mentioned``."""
     if entry.subject in references:
         return True
-    return any(value in ids for value in _values(entry.details))
+    if entry.subject.split("/", 1)[0] in WHOLE_TYPE_KINDS:
+        return False
+    return any(value in mentioned for value in _values(entry.details, PAST_KEYS))
 
 
 def find_part(chain: list[audit.AuditEntry], query: TrailQuery) -> TrailPart:
@@ -145,13 +169,14 @@ def find_part(chain: list[audit.AuditEntry], query: TrailQuery) -> TrailPart:
         details, or an ``asset/<id>`` subject).
     """
     references = query.start_references()
+    # Only the starting references join entries by a mention; followed ones by subject.
+    mentioned = {r.split("/", 1)[1] for r in references}
     found = set(references)
     matched: dict[int, audit.AuditEntry] = {}
     while True:
-        ids = {r.split("/", 1)[1] for r in references}
         grown = False
         for entry in chain:
-            if entry.seq in matched or not _matches(entry, references, ids):
+            if entry.seq in matched or not _matches(entry, references, mentioned):
                 continue
             matched[entry.seq] = entry
             found |= references_in(entry)

@@ -6,7 +6,8 @@ orders. The trail is put together by following what each part names: the schedul
 the model version; inference's part is the prediction's alert when it raised one; the
 registry's part is that model version's lineage (training run, dataset snapshot, metrics,
 registration, approval, promotion); ingest's part is the telemetry batches of the input
-window with their receipts, the asset and the dataset snapshot.
+window with their receipts, the asset and the dataset snapshot. The steps come in time
+order, each fact once, though a service may have recorded it twice.
 
 Every part is asked for on the caller's behalf: the scheduler calls with its own service
 certificate (mutual TLS) and forwards the caller's ``authorization`` token, so each service
@@ -17,6 +18,7 @@ the answer names it with the status it gave, and the rest of the trail is still 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ import grpc
 from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 from prognos.core import telemetry, tls
 from prognos.core.errors import NotFoundError
+from prognos.core.trail import REFERENCE_KEYS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -188,6 +191,41 @@ def _answered(part: audit_pb2.GetTrailResponse) -> audit_pb2.TrailPart:
     )
 
 
+def _fact(step: audit_pb2.TrailStep) -> tuple[str, ...] | None:
+    """The fact a step records: its service, action, subject and the references it names.
+
+    ``None`` when its details name no reference (``prediction_id``, ...) to tell it by.
+    """
+    details = json.loads(step.details_json or "{}")
+    named = sorted(
+        f"{kind}/{details[key]}"
+        for key, kind in REFERENCE_KEYS.items()
+        if isinstance(details.get(key), str) and details[key]
+    )
+    if not named:
+        return None
+    return (step.service, step.action, step.subject, *named)
+
+
+def _once(steps: list[audit_pb2.TrailStep], own: str) -> list[audit_pb2.TrailStep]:
+    """The steps in order, each fact of the other services once: the first entry of it.
+
+    A service may record one fact twice: an inference replica that rebuilt its windows
+    scores a window again and raises the same prediction's alert once more. The work
+    order's own steps are one per event of its stream, so all of them are kept.
+    """
+    seen: set[tuple[str, ...]] = set()
+    kept = []
+    for step in steps:
+        fact = None if step.service == own else _fact(step)
+        if fact is not None:
+            if fact in seen:
+                continue
+            seen.add(fact)
+        kept.append(step)
+    return kept
+
+
 def _joined(
     own: audit_pb2.GetTrailResponse,
     parts: dict[str, audit_pb2.GetTrailResponse],
@@ -196,7 +234,7 @@ def _joined(
     asset_id: str,
     windowed: audit_pb2.GetTrailResponse | None,
 ) -> audit_pb2.GetTrailResponse:
-    """One answer from the parts: every step in time order, every person once."""
+    """One answer from the parts: every step once in time order, every person once."""
     steps = [step for part in parts.values() for step in part.steps]
     steps.sort(
         key=lambda s: (
@@ -206,6 +244,7 @@ def _joined(
             s.audit_seq,
         )
     )
+    steps = _once(steps, own.service)
     people: dict[str, audit_pb2.Person] = {}
     for part in parts.values():
         for person in part.people:

@@ -206,7 +206,8 @@ def _detail_line(trail: Trail, step: TrailStep) -> str:
             f", acknowledged by {_person(trail, str(by))}" if by else ""
         )
     if step.action == "telemetry.batch_received":
-        return f"batch {d.get('batch_id')} {d.get('first_time')} .. {d.get('last_time')}"
+        # The step's time is the receipt; the readings may be much older.
+        return f"batch {d.get('batch_id')}, readings {d.get('first_time')} .. {d.get('last_time')}"
     if step.action.startswith("work_order.") and "prediction_id" in d:
         sensors = ", ".join(str(s) for s in d.get("top_sensors", [])[:5])
         return (

@@ -103,6 +103,8 @@ telemetry_batches = Table(
     Column("quarantined_count", Integer, nullable=False),
     Column("first_time_us", BigInteger, nullable=False),
     Column("last_time_us", BigInteger, nullable=False),
+    # When the telemetry stream stored the batch; NULL for batches archived before it was kept.
+    Column("received_at_us", BigInteger, nullable=True),
     PrimaryKeyConstraint("asset_id", "batch_id"),
 )
 
@@ -365,6 +367,8 @@ class StoredBatch:
     quarantined_count: int
     first_time_us: int
     last_time_us: int
+    received_at_us: int | None = None
+    """When the stream stored it (its receipt); the reading times are the two above."""
 
 
 async def find_batches(
@@ -388,6 +392,7 @@ async def find_batches(
                 r.quarantined_count,
                 r.first_time_us,
                 r.last_time_us,
+                r.received_at_us,
             )
     return found
 

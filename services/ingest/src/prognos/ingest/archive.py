@@ -91,6 +91,14 @@ class _Batch:
     columns: dict[str, np.ndarray]
     accepted: int
     quarantined: int
+    received_at_us: int
+    """When the stream stored the message: the batch's receipt."""
+
+
+def _received_at_us(msg: Msg) -> int:
+    """When JetStream stored ``msg``, in microseconds: after that the sender got its receipt."""
+    assert msg.metadata is not None
+    return int(msg.metadata.timestamp.timestamp() * 1_000_000)
 
 
 def _day(day_index: int) -> str:
@@ -309,6 +317,7 @@ class Archiver:
                 columns,
                 int(accepted or 0),
                 int(quarantined or 0),
+                _received_at_us(msg),
             )
         )
         self._rows += timestamps.size
@@ -394,6 +403,7 @@ class Archiver:
                         batch.quarantined,
                         int(ts[0]) if ts.size else 0,
                         int(ts[-1]) if ts.size else 0,
+                        batch.received_at_us,
                     )
                 )
             for (asset_type, asset_id), batches in groups.items():

@@ -25,6 +25,10 @@ def _us(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
 
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
+
+
 def _receiving_entry(chain: list[AuditEntry], sequence: int) -> AuditEntry | None:
     """The ``telemetry.received`` roll-up whose stream sequence range holds ``sequence``."""
     for entry in chain:
@@ -43,11 +47,14 @@ async def telemetry_steps(
     """One step per telemetry batch of ``query.asset_id`` that overlaps the input window.
 
     Each step holds the batch's receipt (batch id, stream sequence, accepted and quarantined
-    readings) and takes its time, actor and trace id from the audit roll-up of the stream
-    that delivered it (``audit_seq`` in its details); without a window, the asset's newest
-    batches up to ``window_end`` (or all) are listed. Batches enter the ledger read here
-    when the archiver writes them (``archive_flush_interval_s``), so the newest may show a
-    moment later.
+    readings) and is stamped with the time of receipt, when the telemetry stream stored
+    it, so it sorts among the other steps by when it happened; the times of its readings,
+    which may be much older, are kept beside it (``first_time`` and ``last_time``). The
+    actor and trace id come from the audit roll-up of the stream that delivered it
+    (``audit_seq`` in its details). Without a window, the asset's newest batches up to
+    ``window_end`` (or all) are listed. Batches enter the ledger read here when the
+    archiver writes them (``archive_flush_interval_s``), so the newest may show a moment
+    later.
     """
     if not query.asset_id:
         return []
@@ -68,10 +75,12 @@ async def telemetry_steps(
             "stream_sequence": row.stream_sequence,
             "accepted_count": row.accepted_count,
             "quarantined_count": row.quarantined_count,
-            "first_time": datetime.fromtimestamp(row.first_time_us / 1e6, UTC).isoformat(),
-            "last_time": datetime.fromtimestamp(row.last_time_us / 1e6, UTC).isoformat(),
+            "first_time": _iso(row.first_time_us),
+            "last_time": _iso(row.last_time_us),
             "audit_seq": entry.seq if entry else 0,
         }
+        if row.received_at_us is not None:
+            details["received_at"] = _iso(row.received_at_us)
         step = audit_pb2.TrailStep(
             service="ingest",
             actor=entry.actor if entry else "",
@@ -84,7 +93,10 @@ async def telemetry_steps(
             trace_id=entry.trace_id if entry else "",
             details_json=json.dumps(details, sort_keys=True),
         )
-        if entry is not None:
+        if row.received_at_us is not None:
+            step.at.FromMicroseconds(row.received_at_us)
+        elif entry is not None:
+            # Archived before receipt times were kept: the roll-up came soon after.
             step.at.FromDatetime(entry.at)
         else:
             step.at.FromMicroseconds(row.last_time_us)

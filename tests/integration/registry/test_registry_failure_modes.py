@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import sys
-import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +21,6 @@ import pytest
 from prognos.api.inference.v1 import inference_pb2
 from prognos.inference.models import Artifact, ModelRunner, load_model
 from prognos.inference.scoring import AssetInfo, predictions, score
-from prognos.registry import worker
 from prognos.scheduler.translate import prediction_from_proto
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -39,43 +37,13 @@ def _load(name: str) -> ModuleType:
 
 
 pumps = _load("pump_fleet")
-data = _load("registry_data")
+models = _load("pump_models")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One small pump model with failure modes, trained as the registry's worker trains."""
-    work = tmp_path_factory.mktemp("modes")
-    fleet = pumps.pump_fleet(10, failing=8, days=5, seed=21)
-    snapshot = data.write_frames(
-        work / "archive",
-        name="pumps",
-        asset_type="pump",
-        readings=fleet.readings,
-        failures=fleet.failures,
-    )
-    (work / "snapshot.pb").write_bytes(snapshot.SerializeToString())
-    (work / "type.pb").write_bytes(pumps.asset_type().SerializeToString())
-    spec = {
-        "run_id": "r1",
-        "asset_type": "pump",
-        "hyperparameters": {
-            "epochs": "2",
-            "members": "1",
-            "window": "24",
-            "units": "16",
-            "holdout_units": "3",
-            "truncations": "3",
-            "verification_samples": "16",
-        },
-        "horizon_cycles": None,
-        "asset_type_file": str(work / "type.pb"),
-        "source": {"kind": "snapshot", "snapshot_file": str(work / "snapshot.pb")},
-        "champion_bundle": "",
-        "out": str(work / "bundle"),
-    }
-    result = worker.train_command(spec, lambda _: None, threading.Event())
-    return {"result": result, "fleet": fleet}
+    return models.train_pump_model(tmp_path_factory.mktemp("modes"))
 
 
 def test_each_mode_is_scored_on_held_out_lives(trained: dict) -> None:

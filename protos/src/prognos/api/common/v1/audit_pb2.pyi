@@ -344,7 +344,10 @@ class GetTrailRequest(_message.Message):
     def references(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """References to follow, as "<kind>/<id>": "prediction/<id>", "model_version/<id>",
         "training_run/<id>", "dataset_snapshot/<id>", "asset/<id>". An entry matches when its
-        subject is one of them or when one of its details' values is the id of one.
+        subject is one of them or when one of its details' values is the id of one, except a
+        detail naming what something was before (an alias's `from`) and facts about a whole
+        asset type (subject `asset_type/...`, matched by subject only); training runs and
+        dataset snapshots found on the way are matched by subject only.
         """
 
     @_builtins.property
@@ -408,7 +411,9 @@ class TrailStep(_message.Message):
     """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """When it happened."""
+        """When it happened; for a telemetry batch, when ingest received it (its reading times are
+        in details: `first_time`, `last_time`).
+        """
 
     def __init__(
         self,

@@ -104,8 +104,8 @@ class AuditServiceServicer:
 
         With `whole` set, the scheduler (which owns work orders) returns the whole trail: it
         asks every other service for its part on the caller's behalf (with the caller's token),
-        follows the references each part names, and returns every step in time order with each
-        service's verdict in `parts`. A service that does not answer leaves its part missing,
+        follows the references each part names, and returns every step in time order, each
+        fact once, with each service's verdict in `parts`. A service that does not answer leaves its part missing,
         named in `parts` with the reason; an unknown work order is NOT_FOUND. `prognos audit
         trail` makes this one call.
         """

@@ -395,7 +395,7 @@ async def test_the_cli_lists_and_shows_work_orders(fleet: RunInfo) -> None:
         assert process.returncode == 0, out.decode()
         return out.decode()
 
-    listed = await prognos("list", "--plant", plant)
+    listed = await prognos("list", "--plant", plant, "--wide")
     assert order.id[:8] in listed and "NO_WINDOW_FOR_PLANT" in listed
     shown = json.loads(await prognos("show", order.id))
     assert (

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
+from prognos.cli._tables import AsJson, Column, echo_json, listing
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info, secrets_of
 from prognos.cli.launcher import RunInfo
 from prognos.core import anchoring, audit, bus
@@ -182,10 +183,18 @@ async def verify_running(info: RunInfo, services: list[str] | None = None) -> li
         await nc.drain()
 
 
-def _verdict_table(verdicts: list[ServiceVerdict]) -> Table:
-    table = Table(title="Audit chains")
-    for column in ("Service", "Entries", "Head", "Anchored", "Checkpoint", "Result"):
-        table.add_column(column)
+_VERDICT_COLUMNS = (
+    Column("Service", ident=True),
+    Column("Entries", justify="right"),
+    Column("Head", justify="right"),
+    Column("Anchored", justify="right"),
+    Column("Checkpoint", justify="right"),
+    Column("Result"),
+)
+
+
+def _verdict_table(verdicts: list[ServiceVerdict], width: int | None = None) -> Table:
+    rows = []
     for v in verdicts:
         if v.ok:
             result = Text("verified", "green")
@@ -194,15 +203,17 @@ def _verdict_table(verdicts: list[ServiceVerdict]) -> Table:
         else:
             ident = f" ({v.broken_entry_id})" if v.broken_entry_id else ""
             result = Text(f"BROKEN at entry {v.broken_seq}{ident}", "bold red")
-        table.add_row(
-            v.service,
-            str(v.entries),
-            str(v.head_seq),
-            "-" if v.anchored_seq is None else str(v.anchored_seq),
-            "-" if v.checkpoint_seq is None else str(v.checkpoint_seq),
-            result,
+        rows.append(
+            (
+                v.service,
+                str(v.entries),
+                str(v.head_seq),
+                "-" if v.anchored_seq is None else str(v.anchored_seq),
+                "-" if v.checkpoint_seq is None else str(v.checkpoint_seq),
+                result,
+            )
         )
-    return table
+    return listing("Audit chains", _VERDICT_COLUMNS, rows, width=width)
 
 
 def _run_info(console: Console, data_dir: Path | None) -> RunInfo:
@@ -220,18 +231,23 @@ def verify(
     service: Annotated[
         list[str] | None, typer.Option(help="Only this service; repeat. Default: all.")
     ] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Check every service's chain end to end and against its anchor; exit 1 on any break."""
     console = Console()
     info = _run_info(console, data_dir)
     verdicts = asyncio.run(verify_running(info, service))
-    console.print(_verdict_table(verdicts))
+    ok = all(v.ok for v in verdicts)
+    if as_json:
+        echo_json({"ok": ok, "services": [asdict(v) for v in verdicts]})
+        raise typer.Exit(0 if ok else 1)
+    console.print(_verdict_table(verdicts, console.width))
     for v in verdicts:
         for problem in v.problems:
             where = f" entry {v.broken_seq}" if v.broken_seq is not None else ""
             ident = f" ({v.broken_entry_id})" if v.broken_entry_id else ""
             console.print(Text(f"{v.service}{where}{ident}: {problem}", "red"), highlight=False)
-    raise typer.Exit(0 if all(v.ok for v in verdicts) else 1)
+    raise typer.Exit(0 if ok else 1)
 
 
 # --- copies for offline checks ----------------------------------------------------------
@@ -480,18 +496,19 @@ async def erase_person(info: RunInfo, person: str, reason: str) -> dict[str, lis
 def erase(
     person: Annotated[str, typer.Argument(help="The person's name as recorded, or person/<id>.")],
     reason: Annotated[str, typer.Option(help="Why (e.g. the request's number); audited.")] = "",
+    as_json: AsJson = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
     """Erase a person's name from every trail that shows it; the chains keep verifying."""
-    console = Console()
+    console = Console(stderr=as_json)
     info = _run_info(console, data_dir)
     erased = asyncio.run(erase_person(info, person, reason))
-    table = Table(title="Erasure")
-    table.add_column("Service")
-    table.add_column("Erased")
-    for service, refs in erased.items():
-        table.add_row(service, ", ".join(refs) or "-")
-    console.print(table)
+    if as_json:
+        echo_json({"erased": erased})
+    else:
+        rows = [(service, "\n".join(refs) or "-") for service, refs in erased.items()]
+        columns = (Column("Service"), Column("Erased", ident=True))
+        console.print(listing("Erasure", columns, rows, width=console.width))
     if not any(erased.values()):
         console.print(Text("no service knew that person", "yellow"))
         raise typer.Exit(1)

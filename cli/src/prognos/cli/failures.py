@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from prognos.cli._tables import echo_json
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.core.config import Settings
 from prognos.core.errors import InvalidArgumentError, from_grpc_error
@@ -64,7 +65,10 @@ def _reason(value: int) -> str:
 
 
 def _print(console: Console, path: Path, response: ingest_pb2.ImportFailureHistoryResponse) -> None:
-    table = Table(title=f"{path.name} ({response.content_hash[:19]}...)", show_header=False)
+    table = Table(title=path.name, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
+    table.add_row("content hash", response.content_hash)
     table.add_row("rows read", f"{response.row_count:,}")
     table.add_row("labels recorded", f"{response.recorded_count:,}")
     table.add_row("labels recorded before", f"{response.duplicate_count:,}")
@@ -103,6 +107,9 @@ def import_failures(
     ] = "rfc3339",
     asset_prefix: Annotated[str, typer.Option(help="Put in front of each asset id.")] = "",
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the service's answer as JSON.")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
     """Import a failure history (CSV or JSON lines) as outcome labels for training."""
@@ -125,7 +132,7 @@ def import_failures(
         confirmed_column=confirmed_column or "",
         repaired_at_column=repaired_column or "",
     )
-    console = Console()
+    console = Console(stderr=as_json)
     overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir is not None else {}
     try:
         info = read_run_info(Settings.load("prognos", **overrides).data_dir.resolve())
@@ -148,4 +155,7 @@ def import_failures(
             for field, description in typed.violations:
                 console.print(f"  {field}: {description}", markup=False, highlight=False)
         raise typer.Exit(1) from None
+    if as_json:
+        echo_json(response)
+        return
     _print(console, file, response)

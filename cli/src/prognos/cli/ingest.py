@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.core.config import Settings
 from prognos.core.errors import InvalidArgumentError, from_grpc_error
@@ -46,6 +47,7 @@ __all__ = [
     "parse_duration",
     "parse_mapping",
     "quarantine",
+    "quarantine_tables",
     "same_name_mappings",
     "snapshot_app",
     "upload_file",
@@ -222,8 +224,9 @@ def _run_upload(
     path: Path,
     header: ingest_pb2.TelemetryFileHeader,
     prepare: Prepare | None = None,
+    as_json: bool = False,
 ) -> ingest_pb2.UploadTelemetryFileResponse:
-    console = Console()
+    console = Console(stderr=as_json)
     try:
         info = read_run_info(_data_dir(data_dir))
     except ServiceNotRunningError as e:
@@ -260,14 +263,20 @@ def _run_upload(
         response = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
         raise _fail(console, error) from None
-    _print_result(console, path, response)
+    if as_json:
+        echo_json(response)
+    else:
+        _print_result(console, path, response)
     return response
 
 
 def _print_result(
     console: Console, path: Path, response: ingest_pb2.UploadTelemetryFileResponse
 ) -> None:
-    table = Table(title=f"{path.name} ({response.content_hash[:19]}...)", show_header=False)
+    table = Table(title=path.name, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
+    table.add_row("content hash", response.content_hash)
     table.add_row("rows read", f"{response.row_count:,}")
     table.add_row("readings stored", f"{response.accepted_count:,}")
     table.add_row("readings quarantined", f"{response.quarantined_count:,}")
@@ -329,6 +338,9 @@ def ingest(
     run_to_failure: Annotated[
         bool, typer.Option(help="Each asset's last row is a confirmed failure.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the service's answer as JSON.")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
     """Upload a CSV or JSON-lines file of telemetry, with a progress bar."""
@@ -370,7 +382,7 @@ def ingest(
     if cycle_duration is not None:
         message.cycle_duration.FromTimedelta(parse_duration(cycle_duration))
     if not named_columns:
-        _run_upload(data_dir, file, message)
+        _run_upload(data_dir, file, message, as_json=as_json)
         return
     columns = file_columns(file, chosen, delimiter)
 
@@ -393,7 +405,7 @@ def ingest(
             console.print(f"mapped by name: {names}", markup=False, highlight=False)
         message.columns.extend(found)
 
-    _run_upload(data_dir, file, message, map_by_name)
+    _run_upload(data_dir, file, message, map_by_name, as_json=as_json)
 
 
 @import_app.command("cmapss")
@@ -411,6 +423,9 @@ def import_cmapss(
             "--no-failures",
             help="The engines have not failed (test_FD001.txt and kin): no failure labels.",
         ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the service's answer as JSON.")
     ] = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
@@ -449,7 +464,7 @@ def import_cmapss(
         )
     message.cycle_origin.FromDatetime(origin.replace(tzinfo=UTC))
     message.cycle_duration.FromTimedelta(timedelta(hours=cycle_hours))
-    _run_upload(data_dir, file, message)
+    _run_upload(data_dir, file, message, as_json=as_json)
 
 
 def quarantine(
@@ -458,9 +473,14 @@ def quarantine(
         str | None, typer.Option(help="Only this reason, e.g. OUT_OF_RANGE or LATE.")
     ] = None,
     limit: Annotated[int, typer.Option(help="Readings to list.")] = 20,
+    as_json: AsJson = False,
+    wide: Wide = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
-    """List quarantined readings, newest first, with totals per asset and reason."""
+    """List quarantined readings, newest first, with totals per asset and reason.
+
+    --wide adds when each reading was quarantined and the batch it came in.
+    """
     console = Console()
     reason_value = 0
     if reason:
@@ -492,26 +512,67 @@ def quarantine(
         response = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
         raise _fail(console, error) from None
-    totals = Table(title="Quarantined readings per asset and reason")
-    for column in ("Asset", "Reason", "Readings"):
-        totals.add_column(column)
-    for count in response.counts:
-        totals.add_row(count.asset_id or "(file)", _reason(count.reason), f"{count.count:,}")
-    console.print(totals)
-    listed = Table(title=f"Newest {len(response.readings)}")
-    for column in ("Quarantined at", "Asset", "Batch", "Time", "Channel", "Reason", "Detail"):
-        listed.add_column(column)
-    for reading in response.readings:
-        listed.add_row(
-            reading.quarantined_at.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"),
+    if as_json:
+        echo_json(response)
+        return
+    for table in quarantine_tables(response, wide, console.width):
+        print_table(console, table, wide=wide)
+
+
+_TOTAL_COLUMNS = (
+    Column("Asset", ident=True),
+    Column("Reason"),
+    Column("Readings", justify="right"),
+)
+_READING_COLUMNS = (
+    Column("Quarantined at (UTC)", wide=True),
+    Column("Asset", ident=True),
+    Column("Batch", ident=True, wide=True),
+    Column("Time (UTC)"),
+    Column("Channel"),
+    Column("Reason"),
+    Column("Detail"),
+)
+
+
+def _utc(stamp: Any) -> str:
+    """``2030-01-02 03:04:05.123`` (milliseconds only when there are any)."""
+    at = stamp.ToDatetime()
+    return f"{at:%Y-%m-%d %H:%M:%S}" + (f".{at.microsecond // 1000:03d}" if at.microsecond else "")
+
+
+def quarantine_tables(
+    response: ingest_pb2.ListQuarantineResponse, wide: bool = False, width: int | None = None
+) -> tuple[Table, Table]:
+    """The totals per asset and reason, and the newest readings, asset ids whole."""
+    totals = [
+        (count.asset_id or "(file)", _reason(count.reason), f"{count.count:,}")
+        for count in response.counts
+    ]
+    readings = [
+        (
+            _utc(reading.quarantined_at),
             reading.asset_id,
             reading.batch_id,
-            reading.time.ToDatetime(tzinfo=UTC).isoformat() if reading.HasField("time") else "",
+            _utc(reading.time) if reading.HasField("time") else "",
             reading.channel,
             _reason(reading.reason),
             Text(reading.detail),
         )
-    console.print(listed)
+        for reading in response.readings
+    ]
+    return (
+        listing(
+            "Quarantined readings per asset and reason",
+            _TOTAL_COLUMNS,
+            totals,
+            wide=wide,
+            width=width,
+        ),
+        listing(
+            f"Newest {len(response.readings)}", _READING_COLUMNS, readings, wide=wide, width=width
+        ),
+    )
 
 
 @snapshot_app.command("create")
@@ -519,6 +580,7 @@ def snapshot_create(
     name: Annotated[str, typer.Argument(help="Unique name of the snapshot.")],
     asset_type: Annotated[str, typer.Option(help="Asset type whose data to freeze.")],
     asset: Annotated[list[str] | None, typer.Option(help="Only this asset; repeat.")] = None,
+    as_json: AsJson = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
     """Freeze the archived telemetry and labels of an asset type as a named snapshot."""
@@ -528,20 +590,21 @@ def snapshot_create(
     snapshot = _call(
         data_dir, "ml-engineer", lambda stub: stub.CreateDatasetSnapshot(request, timeout=120)
     ).snapshot
-    _print_snapshot(snapshot)
+    _print_snapshot(snapshot, as_json)
 
 
 @snapshot_app.command("show")
 def snapshot_show(
     name: Annotated[str, typer.Argument(help="Name of the snapshot.")],
+    as_json: AsJson = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
-    """Show a snapshot: its content hash and its files."""
+    """Show a snapshot: its content hash and its files (--json: each file too)."""
     request = ingest_pb2.GetDatasetSnapshotRequest(name=name)
     snapshot = _call(
         data_dir, "ml-engineer", lambda stub: stub.GetDatasetSnapshot(request, timeout=30)
     ).snapshot
-    _print_snapshot(snapshot)
+    _print_snapshot(snapshot, as_json)
 
 
 def _call(data_dir: Path | None, role: str, call: Callable[[Any], Any]) -> Any:
@@ -562,7 +625,10 @@ def _call(data_dir: Path | None, role: str, call: Callable[[Any], Any]) -> Any:
         raise _fail(console, error) from None
 
 
-def _print_snapshot(snapshot: ingest_pb2.DatasetSnapshot) -> None:
+def _print_snapshot(snapshot: ingest_pb2.DatasetSnapshot, as_json: bool = False) -> None:
+    if as_json:
+        echo_json(snapshot)
+        return
     console = Console()
     console.print(f"snapshot {snapshot.name} ({snapshot.id})", highlight=False)
     console.print(f"  content hash {snapshot.content_hash}", highlight=False)

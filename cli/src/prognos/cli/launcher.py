@@ -30,6 +30,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
 from prognos.cli.certs import DevSecrets, ensure_dev_secrets
 from prognos.core.config import SERVICES, Settings
 from prognos.core.natsserver import (
@@ -692,15 +693,12 @@ class _StartDisplay:
         return table
 
 
-def _run_table(info: RunInfo) -> Table:
-    table = Table(title="prognos is running")
-    for column in ("Service", "Address", "PID", "Log"):
-        table.add_column(column)
-    for record in info.services:
-        table.add_row(record.name, record.address, str(record.pid), record.log)
+def _run_table(info: RunInfo, width: int | None = None) -> Table:
+    columns = (Column("Service"), Column("Address", ident=True), Column("PID"), Column("Log"))
+    rows = [(r.name, r.address, str(r.pid), r.log) for r in info.services]
     nats_pid = str(info.nats_pid) if info.nats_pid is not None else "external"
-    table.add_row("nats", info.nats_url, nats_pid, "")
-    return table
+    rows.append(("nats", info.nats_url, nats_pid, ""))
+    return listing("prognos is running", columns, rows, width=width)
 
 
 def _print_failure(console: Console, message: str, detail: str) -> None:
@@ -737,7 +735,7 @@ async def _up(settings: Settings, specs: Sequence[ServiceSpec], start_timeout_s:
     try:
         with display:
             info = await launcher.start()
-        console.print(_run_table(info))
+        console.print(_run_table(info, console.width))
         console.print(f"Run file {launcher.run_path}. Press Ctrl-C to stop.", highlight=False)
         exited = await launcher.wait_for_exit()
         detail = _log_tail(exited.log) if exited.log else ""
@@ -791,8 +789,13 @@ async def _check_all(info: RunInfo, timeout_s: float) -> list[ServiceHealth]:
 def status(
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 2.0,
+    as_json: AsJson = False,
+    wide: Wide = False,
 ) -> None:
-    """Show what `prognos up` runs and whether it serves; exit 1 unless all is well."""
+    """Show what `prognos up` runs and whether it serves; exit 1 unless all is well.
+
+    --wide adds each service's log file.
+    """
     console = Console()
     path = run_file(_settings(data_dir).data_dir.resolve())
     try:
@@ -808,22 +811,54 @@ def status(
     nats_ok = probe_nats(info.nats_url, timeout=timeout)
     launcher_ok = pid_alive(info.launcher_pid)
 
-    table = Table(title=f"prognos on {info.data_dir}")
-    for column in ("Service", "Address", "PID", "Health", "Version"):
-        table.add_column(column)
+    healthy = launcher_ok and nats_ok and all(h.serving for h in healths)
+    if as_json:
+        echo_json(
+            {
+                "data_dir": info.data_dir,
+                "healthy": healthy,
+                "launcher": {"pid": info.launcher_pid, "alive": launcher_ok},
+                "nats": {"url": info.nats_url, "pid": info.nats_pid, "reachable": nats_ok},
+                "services": [
+                    {
+                        "name": record.name,
+                        "address": record.address,
+                        "pid": record.pid,
+                        "health": health.status,
+                        "version": health.version,
+                        "log": record.log,
+                    }
+                    for record, health in zip(info.services, healths, strict=True)
+                ],
+            }
+        )
+        raise typer.Exit(0 if healthy else 1)
+    columns = (
+        Column("Service"),
+        Column("Address", ident=True),
+        Column("PID", justify="right"),
+        Column("Health"),
+        Column("Version"),
+        Column("Log", wide=True),
+    )
+    rows: list[tuple[str, str, str, RenderableType, str, str]] = []
     for record, health in zip(info.services, healths, strict=True):
         style = "green" if health.serving else "red"
-        table.add_row(
-            record.name,
-            record.address,
-            str(record.pid),
-            Text(health.status, style=style),
-            health.version or "-",
+        rows.append(
+            (
+                record.name,
+                record.address,
+                str(record.pid),
+                Text(health.status, style=style),
+                health.version or "-",
+                record.log,
+            )
         )
     nats_pid = str(info.nats_pid) if info.nats_pid is not None else "external"
     nats_state = Text("reachable", "green") if nats_ok else Text("UNREACHABLE", "red")
-    table.add_row("nats", info.nats_url, nats_pid, nats_state, "-")
-    console.print(table)
+    rows.append(("nats", info.nats_url, nats_pid, nats_state, "-", ""))
+    table = listing(f"prognos on {info.data_dir}", columns, rows, wide=wide, width=console.width)
+    print_table(console, table, wide=wide)
     if not launcher_ok:
         console.print(
             Text(f"The launcher (pid {info.launcher_pid}) is gone: stale run file.", "red")

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from prognos.api.registry.v1 import registry_pb2, registry_pb2_grpc
+from prognos.cli._tables import AsJson, Column, Wide, listing, minute, print_table
 from prognos.cli.client import (
     ServiceNotRunningError,
     open_channel,
@@ -32,10 +32,14 @@ from prognos.cli.client import (
 from prognos.core.config import Settings
 from prognos.core.errors import FailedPreconditionError, InvalidArgumentError, from_grpc_error
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 __all__ = [
     "app",
     "approve",
     "history",
+    "history_table",
     "list_versions",
     "parse_time",
     "policy",
@@ -45,6 +49,7 @@ __all__ = [
     "rollback",
     "show",
     "upload_artifact",
+    "versions_table",
 ]
 
 CHUNK_BYTES = 1 << 20
@@ -70,7 +75,6 @@ DataDir = Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)]
 TokenFile = Annotated[
     Path | None, typer.Option(help=_TOKEN_HELP, exists=True, dir_okay=False, readable=True)
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _fail(console: Console, error: grpc.aio.AioRpcError) -> typer.Exit:
@@ -165,6 +169,11 @@ def _status_name(value: int) -> str:
     return registry_pb2.ModelVersionStatus.Name(value).removeprefix("MODEL_VERSION_STATUS_").lower()  # type: ignore[arg-type]
 
 
+def _how(change: registry_pb2.AliasChange) -> str:
+    rolled_back = change.kind == registry_pb2.ALIAS_CHANGE_KIND_ROLLED_BACK
+    return "rollback" if rolled_back else "promotion"
+
+
 def _when(stamp: Any) -> str:
     if not stamp.seconds and not stamp.nanos:
         return ""
@@ -195,10 +204,11 @@ def list_versions(
     status: Annotated[str, typer.Option(help="Only candidate or approved versions.")] = "",
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     as_json: AsJson = False,
+    wide: Wide = False,
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
-    """List model versions, newest first."""
+    """List model versions, newest first (--wide: PHM08 score, trainer and approver too)."""
     if status and status not in _STATUSES:
         raise typer.BadParameter(f"choose {' or '.join(_STATUSES)}", param_hint="--status")
     request = registry_pb2.ListModelVersionsRequest(
@@ -213,20 +223,28 @@ def list_versions(
     if as_json:
         typer.echo(_json(reply))
         return
-    table = Table(title="model versions")
-    for column in (
-        "version",
-        "status",
-        "aliases",
-        "rmse",
-        "phm08",
-        "trained by",
-        "approved by",
-        "created",
-    ):
-        table.add_column(column)
-    for v in reply.model_versions:
-        table.add_row(
+    console = Console()
+    print_table(console, versions_table(reply.model_versions, wide, console.width), wide=wide)
+
+
+_VERSION_COLUMNS = (
+    Column("version", ident=True),
+    Column("status"),
+    Column("aliases"),
+    Column("rmse", justify="right"),
+    Column("phm08", justify="right", wide=True),
+    Column("trained by", wide=True),
+    Column("approved by", wide=True),
+    Column("created"),
+)
+
+
+def versions_table(
+    versions: Iterable[registry_pb2.ModelVersion], wide: bool = False, width: int | None = None
+) -> Table:
+    """Model versions, one a row; the whole id first, for ``approve`` and ``promote``."""
+    rows = [
+        (
             v.id,
             _status_name(v.status),
             ", ".join(_alias_name(a) for a in v.aliases),
@@ -234,9 +252,11 @@ def list_versions(
             f"{v.metrics['phm08_score']:.1f}" if "phm08_score" in v.metrics else "",
             v.trained_by,
             v.approved_by,
-            _when(v.created_at),
+            minute(v.created_at),
         )
-    Console().print(table)
+        for v in versions
+    ]
+    return listing("model versions", _VERSION_COLUMNS, rows, wide=wide, width=width)
 
 
 @app.command()
@@ -404,10 +424,14 @@ def history(
         str, typer.Option(help="Only who held each alias at this ISO 8601 time, and who set it.")
     ] = "",
     as_json: AsJson = False,
+    wide: Wide = False,
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
-    """Who moved which alias when, and why; with --at, the holder at that time."""
+    """Who moved which alias when, and how; with --at, the holder at that time.
+
+    --wide shows why each move was made.
+    """
     request = registry_pb2.GetAliasHistoryRequest(
         asset_type=asset_type, alias=_alias(alias) if alias else 0
     )
@@ -420,23 +444,43 @@ def history(
         typer.echo(_json(reply))
         return
     title = f"{asset_type} aliases" + (f" at {at}" if at else "")
-    table = Table(title=title)
-    for column in ("time", "alias", "from", "to", "by", "how", "why"):
-        table.add_column(column)
-    for change in reply.changes:
-        how = (
-            "rollback" if change.kind == registry_pb2.ALIAS_CHANGE_KIND_ROLLED_BACK else "promotion"
-        )
-        table.add_row(
-            _when(change.time),
+    console = Console()
+    print_table(console, history_table(title, reply.changes, wide, console.width), wide=wide)
+
+
+_HISTORY_COLUMNS = (
+    Column("time"),
+    Column("alias"),
+    Column("from", ident=True),
+    Column("to", ident=True),
+    Column("by"),
+    Column("how"),
+    Column("why", wide=True),
+)
+
+
+def history_table(
+    title: str,
+    changes: Iterable[registry_pb2.AliasChange],
+    wide: bool = False,
+    width: int | None = None,
+) -> Table:
+    """Alias moves, oldest first: when, which alias, from and to which version, who, how."""
+    rows = [
+        (
+            minute(change.time),
             _alias_name(change.alias),
             change.from_model_version_id,
             change.to_model_version_id,
             change.actor,
-            how,
+            "rollback"
+            if change.kind == registry_pb2.ALIAS_CHANGE_KIND_ROLLED_BACK
+            else "promotion",
             change.reason,
         )
-    Console().print(table)
+        for change in changes
+    ]
+    return listing(title, _HISTORY_COLUMNS, rows, wide=wide, width=width)
 
 
 @app.command()

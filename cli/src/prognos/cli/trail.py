@@ -187,10 +187,6 @@ async def collect_trail(info: RunInfo, work_order_id: str) -> Trail:
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _short(trace_id: str) -> str:
-    return trace_id[:12] if trace_id else "-"
-
-
 def _person(trail: Trail, ref: str) -> str:
     if ref not in trail.people:
         return ref
@@ -253,7 +249,7 @@ def render_trail(trail: Trail) -> Group:
         label.append(step.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "  ", "dim")
         label.append(f"[{_STAGES.get(step.service, step.service)}] ", "cyan")
         label.append(step.action, "bold")
-        label.append(f"  {step.subject}  by {step.actor or '-'}  trace {_short(step.trace_id)}")
+        label.append(f"  {step.subject}  by {step.actor or '-'}  trace {step.trace_id or '-'}")
         node = tree.add(label)
         if step.summary:
             node.add(Text(step.summary))

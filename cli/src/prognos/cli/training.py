@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,9 +28,10 @@ from rich.table import Table
 from rich.text import Text
 
 from prognos.api.registry.v1 import registry_pb2
+from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
 from prognos.cli.models import Stub, registry_call, upload_artifact
 
-__all__ = ["evaluate", "parse_params", "train", "training_app"]
+__all__ = ["evaluate", "parse_params", "runs_table", "train", "training_app"]
 
 _DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
 _TOKEN_HELP = "Act as the principal of this token (from `prognos token issue`)."
@@ -109,6 +111,8 @@ def _outcome(
         typer.echo(json.dumps(MessageToDict(version, preserving_proto_field_name=True), indent=2))
         return
     table = Table(title=f"{version.id} registered (candidate)", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
     for name in ("rmse", "phm08_score", "precision", "recall", "f1", "units"):
         if name in version.metrics:
             table.add_row(f"held-out {name}", f"{version.metrics[name]:.4g}")
@@ -291,27 +295,52 @@ def cancel(
 def list_runs(
     asset_type: Annotated[str, typer.Option(help="Only this asset type.")] = "",
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+    as_json: AsJson = False,
+    wide: Wide = False,
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
-    """List training runs, newest first."""
+    """List training runs, newest first (--wide: asset type, trigger and who asked too)."""
     request = registry_pb2.ListTrainingRunsRequest(asset_type=asset_type, page_size=limit)
     reply = registry_call(
         data_dir, "ml-engineer", token_file, lambda stub: stub.ListTrainingRuns(request, timeout=30)
     )
-    table = Table(title="training runs")
-    for column in ("run", "asset type", "state", "trigger", "progress", "version", "by", "why"):
-        table.add_column(column)
-    for run in reply.runs:
+    if as_json:
+        echo_json(reply)
+        return
+    console = Console()
+    print_table(console, runs_table(reply.runs, wide, console.width), wide=wide)
+
+
+_RUN_COLUMNS = (
+    Column("run", ident=True),
+    Column("asset type", wide=True),
+    Column("state"),
+    Column("trigger", wide=True),
+    Column("progress", justify="right"),
+    Column("version", ident=True),
+    Column("by", wide=True),
+    Column("why"),
+)
+
+
+def runs_table(
+    runs: Iterable[registry_pb2.TrainingRun], wide: bool = False, width: int | None = None
+) -> Table:
+    """Training runs, one a row: the run's id and the version it registered, whole."""
+    rows = []
+    for run in runs:
         trigger = registry_pb2.TrainingTrigger.Name(run.trigger).removeprefix("TRAINING_TRIGGER_")  # type: ignore[arg-type]
-        table.add_row(
-            run.id,
-            run.asset_type,
-            _state(run.state),
-            trigger.lower(),
-            f"{100 * run.progress:.0f}%",
-            run.model_version_id,
-            run.requested_by,
-            run.reason or run.error_message,
+        rows.append(
+            (
+                run.id,
+                run.asset_type,
+                _state(run.state),
+                trigger.lower(),
+                f"{100 * run.progress:.0f}%",
+                run.model_version_id,
+                run.requested_by,
+                run.reason or run.error_message,
+            )
         )
-    Console().print(table)
+    return listing("training runs", _RUN_COLUMNS, rows, wide=wide, width=width)

@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from prognos.api.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.cli.launcher import RunInfo
 from prognos.core.config import Settings
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = ["app", "orders_table"]
 
 app = typer.Typer(help="Follow and handle maintenance work orders.", no_args_is_help=True)
 _DATA_DIR_HELP = "Data directory (default: $PROGNOS_DATA_DIR, else .prognos)."
@@ -78,9 +82,14 @@ def list_orders(
     state: Annotated[
         list[str] | None, typer.Option(help="Only this state (e.g. released); repeat.")
     ] = None,
+    as_json: AsJson = False,
+    wide: Wide = False,
     data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
 ) -> None:
-    """Work orders, newest first: state, asset, risk, due time, slot or why it has none."""
+    """Work orders, newest first: state, asset, risk, due time, slot or why it has none.
+
+    --wide adds the slot (or why there is none), the plant and the ERP's order number.
+    """
     console = Console()
     info = _run_info(console, data_dir)
     try:
@@ -90,24 +99,71 @@ def list_orders(
     except ValueError as error:
         console.print(Text(f"error: unknown state ({error})", "red"), highlight=False)
         raise typer.Exit(2) from None
-    table = Table("work order", "state", "asset", "plant", "risk", "due", "slot / unplaced")
-    for o in orders:
-        if o.HasField("slot"):
-            where = f"{o.slot.start_time.ToDatetime():%Y-%m-%d %H:%M} {o.slot.crew_id}"
-        elif o.HasField("unplaced"):
-            where = S.UnplacedReason.Name(o.unplaced.reason).removeprefix("UNPLACED_REASON_")
-        else:
-            where = "-"
-        table.add_row(
-            o.id[:8],
+    if as_json:
+        echo_json(
+            {
+                "work_orders": [
+                    json_format.MessageToDict(o, preserving_proto_field_name=True) for o in orders
+                ]
+            }
+        )
+        return
+    print_table(console, orders_table(orders, wide, console.width), wide=wide)
+
+
+_ORDER_COLUMNS = (
+    Column("work order", ident=True),
+    Column("state"),
+    Column("asset", ident=True),
+    Column("plant"),
+    Column("risk", justify="right"),
+    Column("due"),
+    Column("slot / unplaced"),
+    Column("ERP order"),
+)
+# At 80 columns an order's asset stands under its id: both whole, and room for the rest.
+_NARROW_COLUMNS = (
+    Column("work order / asset", ident=True),
+    Column("state"),
+    Column("risk", justify="right"),
+    Column("due"),
+)
+
+
+def _where(order: S.WorkOrder) -> str:
+    if order.HasField("slot"):
+        return f"{order.slot.start_time.ToDatetime():%Y-%m-%d %H:%M} {order.slot.crew_id}"
+    if order.HasField("unplaced"):
+        return S.UnplacedReason.Name(order.unplaced.reason).removeprefix("UNPLACED_REASON_")
+    return "-"
+
+
+def orders_table(
+    orders: Iterable[S.WorkOrder], wide: bool = False, width: int | None = None
+) -> Table:
+    """Work orders, one a row, each id whole (``acknowledge`` and ``show`` take it)."""
+    orders = list(orders)
+    due = [f"{o.due_time.ToDatetime():%Y-%m-%d %H:%M}" for o in orders]
+    if not wide:
+        rows = [
+            (f"{o.id}\n{o.asset_id}", _state(o.state), f"{o.risk:.2f}", when)
+            for o, when in zip(orders, due, strict=True)
+        ]
+        return listing(None, _NARROW_COLUMNS, rows, width=width)
+    wide_rows = [
+        (
+            o.id,
             _state(o.state),
             o.asset_id,
             o.plant,
             f"{o.risk:.2f}",
-            f"{o.due_time.ToDatetime():%Y-%m-%d %H:%M}",
-            where,
+            when,
+            _where(o),
+            o.erp_order_number,
         )
-    console.print(table)
+        for o, when in zip(orders, due, strict=True)
+    ]
+    return listing(None, _ORDER_COLUMNS, wide_rows, wide=True)
 
 
 @app.command("show")

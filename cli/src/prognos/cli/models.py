@@ -1,5 +1,9 @@
 """``prognos models``: list, show, register, approve, promote, roll back, history and policy.
 
+Wherever a command takes a version it takes a reference too: a version id (``turbofan-v3``),
+``turbofan@champion`` or ``turbofan@challenger``, or a bare ``champion`` or ``challenger``
+when one asset type has that alias. The registry resolves it and answers with the id.
+
 Every command calls the registry's ``ModelRegistry`` service as the local user with the role
 the command needs (``ml-engineer`` to register, ``approver`` to approve, promote and roll
 back). ``--token-file`` acts as someone else: a token issued with ``prognos token issue``,
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "VERSION_HELP",
     "app",
     "approve",
     "history",
@@ -55,6 +60,10 @@ __all__ = [
 CHUNK_BYTES = 1 << 20
 _DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
 _TOKEN_HELP = "Act as the principal of this token (from `prognos token issue`)."
+VERSION_HELP = (
+    "Model version: an id (turbofan-v3), turbofan@champion, turbofan@challenger, "
+    "or champion or challenger when one asset type has it."
+)
 _ALIASES = {
     "champion": registry_pb2.MODEL_ALIAS_CHAMPION,
     "challenger": registry_pb2.MODEL_ALIAS_CHALLENGER,
@@ -75,6 +84,7 @@ DataDir = Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)]
 TokenFile = Annotated[
     Path | None, typer.Option(help=_TOKEN_HELP, exists=True, dir_okay=False, readable=True)
 ]
+Version = Annotated[str, typer.Argument(help=VERSION_HELP, show_default=False)]
 
 
 def _fail(console: Console, error: grpc.aio.AioRpcError) -> typer.Exit:
@@ -261,7 +271,7 @@ def versions_table(
 
 @app.command()
 def show(
-    version: Annotated[str, typer.Argument(help="Model version id, e.g. turbofan-v3.")],
+    version: Version,
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
@@ -364,7 +374,7 @@ def _pack(directory: Path) -> Path:
 
 @app.command()
 def approve(
-    version: Annotated[str, typer.Argument(help="Model version id.")],
+    version: Version,
     comment: Annotated[str, typer.Option(help="Why; kept in the audit trail.")] = "",
     data_dir: DataDir = None,
     token_file: TokenFile = None,
@@ -381,13 +391,16 @@ def approve(
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Argument(help="Model version id.")],
+    version: Version,
     alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
     reason: Annotated[str, typer.Option(help="Why; kept in the alias history.")] = "",
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
-    """Move the champion (or challenger) alias of the version's asset type to it."""
+    """Move the champion (or challenger) alias of the version's asset type to it.
+
+    ``prognos models promote turbofan@challenger`` makes the challenger champion.
+    """
     request = registry_pb2.PromoteModelVersionRequest(
         model_version_id=version, alias=_alias(alias), reason=reason
     )
@@ -401,7 +414,13 @@ def promote(
 def rollback(
     asset_type: Annotated[str, typer.Option(help="Asset type whose alias to roll back.")],
     alias: Annotated[str, typer.Option(help="champion or challenger.")] = "champion",
-    to: Annotated[str, typer.Option(help="An earlier holder (default: the one before).")] = "",
+    to: Annotated[
+        str,
+        typer.Option(
+            help="An earlier holder, by id or reference such as turbofan@challenger "
+            "(default: the one before)."
+        ),
+    ] = "",
     reason: Annotated[str, typer.Option(help="Why; kept in the alias history.")] = "",
     data_dir: DataDir = None,
     token_file: TokenFile = None,

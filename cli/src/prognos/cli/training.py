@@ -29,7 +29,7 @@ from rich.text import Text
 
 from prognos.api.registry.v1 import registry_pb2
 from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
-from prognos.cli.models import Stub, registry_call, upload_artifact
+from prognos.cli.models import VERSION_HELP, Stub, registry_call, upload_artifact
 
 __all__ = ["evaluate", "parse_params", "runs_table", "train", "training_app"]
 
@@ -218,7 +218,7 @@ def _watch(
 
 
 def evaluate(
-    model: Annotated[str, typer.Option(help="Model version id, e.g. turbofan-v3.")],
+    model: Annotated[str, typer.Option(help=VERSION_HELP, show_default=False)],
     cmapss_test: Annotated[
         Path,
         typer.Option(
@@ -235,13 +235,16 @@ def evaluate(
         ),
     ],
     report: Annotated[
-        Path | None, typer.Option(help="Where to write the PNG (default: evaluation-<model>.png).")
+        Path | None,
+        typer.Option(help="Where to write the PNG (default: evaluation-<version id>.png)."),
     ] = None,
     data_dir: DataDir = None,
     token_file: TokenFile = None,
 ) -> None:
-    """Evaluate a model version by the C-MAPSS last-cycle protocol; print JSON, write a PNG."""
-    out = report or Path(f"evaluation-{model}.png")
+    """Evaluate a model version by the C-MAPSS last-cycle protocol; print JSON, write a PNG.
+
+    ``--model champion`` evaluates the version serving now; the JSON names its id.
+    """
 
     async def call(stub: Stub) -> registry_pb2.EvaluateModelVersionResponse:
         test = await upload_artifact(stub, cmapss_test)
@@ -259,9 +262,13 @@ def evaluate(
     console = Console(stderr=True)
     with console.status(f"evaluating {model} on {cmapss_test.name}"):
         reply = registry_call(data_dir, "ml-engineer", token_file, call, console=console)
+    version_id = reply.model_version_id or model
+    out = report or Path(f"evaluation-{version_id}.png")
     out.write_bytes(reply.report_png)
     evaluation = json.loads(reply.evaluation_json)
-    typer.echo(json.dumps({"model_version": model, "report": str(out), **evaluation}, indent=2))
+    typer.echo(
+        json.dumps({"model_version": version_id, "report": str(out), **evaluation}, indent=2)
+    )
     console.print(f"report written to {out}", highlight=False)
 
 

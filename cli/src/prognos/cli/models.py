@@ -399,7 +399,7 @@ def promote(
 ) -> None:
     """Move the champion (or challenger) alias of the version's asset type to it.
 
-    ``prognos models promote turbofan@challenger`` makes the challenger champion.
+    prognos models promote turbofan@challenger makes the challenger champion.
     """
     request = registry_pb2.PromoteModelVersionRequest(
         model_version_id=version, alias=_alias(alias), reason=reason

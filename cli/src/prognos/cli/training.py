@@ -243,7 +243,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model version by the C-MAPSS last-cycle protocol; print JSON, write a PNG.
 
-    ``--model champion`` evaluates the version serving now; the JSON names its id.
+    --model champion evaluates the version serving now; the JSON names its id.
     """
 
     async def call(stub: Stub) -> registry_pb2.EvaluateModelVersionResponse:

@@ -59,6 +59,24 @@ def test_each_mode_is_scored_on_held_out_lives(trained: dict) -> None:
     assert positives == evaluation["binary"]["positives"]
 
 
+def test_the_model_family_is_chosen_by_grouped_cross_validation(trained: dict) -> None:
+    result = trained["result"]
+    selection = json.loads((Path(result["bundle"]) / "evaluation.json").read_text())[
+        "cross_validation"
+    ]
+
+    assert set(selection["families"]) == {"cnn", "gbt"}
+    assert selection["folds"] == 5 and selection["lives"] > 5
+    briers = {f: r["figures"]["brier"] for f, r in selection["families"].items()}
+    assert selection["chosen"] == min(briers, key=briers.__getitem__)
+    assert result["hyperparameters"]["architecture"] == selection["chosen"]
+    assert result["hyperparameters"]["families"] == "cnn,gbt"
+    for mode in pumps.MODES:
+        assert f"cv.mode.{mode}.auc" in result["metrics"]
+        low, high = selection["families"][selection["chosen"]]["intervals"][f"mode.{mode}.f1"]
+        assert 0.0 <= low <= high <= 1.0
+
+
 def test_inference_gives_each_mode_most_likely_first_and_the_order_names_it(
     trained: dict,
 ) -> None:
@@ -87,7 +105,7 @@ def test_inference_gives_each_mode_most_likely_first_and_the_order_names_it(
     ]
     now = np.full(len(assets), 1_800_000_000_000_000, np.int64)
 
-    scores = score(ModelRunner(), model, windows, channels, explain_at=None)
+    scores = score(ModelRunner(), model, windows, channels, explain_at=0.0)
     made = list(predictions(scores, assets, now, now))
 
     for prediction in made:
@@ -95,6 +113,9 @@ def test_inference_gives_each_mode_most_likely_first_and_the_order_names_it(
         assert [m for m, _ in risks] and {m for m, _ in risks} == set(pumps.MODES)
         assert [p for _, p in risks] == sorted((p for _, p in risks), reverse=True)
         assert all(0.0 <= p <= 1.0 for _, p in risks)
+        # Whatever family was chosen, the sensors that drove the score are named.
+        assert prediction.top_sensors
+        assert {s.channel for s in prediction.top_sensors} <= set(pumps.FEATURES)
         decided, _ = prediction_from_proto(prediction)
         assert decided.failure_mode == risks[0][0]
     plain = inference_pb2.Prediction(prediction_id="x", asset_id="a", failure_probability=0.9)

@@ -43,7 +43,11 @@ EVALUATION_DEFAULTS: dict[str, int] = {
     "split_seed": 7,
     "test_seed": 11,
     "truncations": 5,
+    "folds": 5,
 }
+#: The model families a type other than the turbofan chooses among by cross-validation
+#: (``training.selection``) unless its run names an ``architecture``.
+DEFAULT_FAMILIES = ("cnn", "gbt")
 #: Data selection: ``max_units`` > 0 keeps only the first that many units (quick runs).
 DATA_DEFAULTS: dict[str, int] = {"max_units": 0}
 
@@ -64,6 +68,9 @@ EVALUATION_FILES = (
 )
 #: The evaluation files of a model of any other asset type: the held-out cuts as Parquet.
 LIVES_EVALUATION_FILES = ("evaluation.json", "evaluation_report.png", "evaluation_cuts.parquet")
+#: Fewest confirmed failures (failed lives) a type other than the turbofan needs for a
+#: supervised model, unless the spec says (``supervised_min_failures``); below, a health model.
+SUPERVISED_MIN_FAILURES = 5
 
 
 class CancelledError(Exception):
@@ -111,6 +118,8 @@ def parse_hyperparameters(
     names = {f.name for f in fields(TrainConfig)}
     updates: dict[str, Any] = {}
     for key, value in raw.items():
+        if key == "families":  # the candidates to cross-validate (see ``_families``)
+            continue
         if key not in names | set(evaluation) | set(data):
             known = sorted(names | set(evaluation) | set(data))
             raise ValueError(f"unknown hyper-parameter {key!r}; known: {', '.join(known)}")
@@ -160,12 +169,21 @@ def headline(evaluation: dict[str, Any]) -> dict[str, float]:
 
 
 class _Progress:
-    """Maps the steps of a run onto one fraction: training takes 5% to 85%."""
+    """Maps the steps of a run onto one fraction: training takes 5% to 85%.
+
+    With a model family to choose, the cross-validation takes 5% to 50% and the final
+    training the rest up to 85%.
+    """
 
     def __init__(self, emit: Emit, total_epochs: int) -> None:
         self._emit = emit
         self.total_epochs = total_epochs
         self.epoch = 0
+        self.start, self.span = 0.05, 0.8
+
+    def selecting(self, fraction: float) -> None:
+        self.phase("selecting", 0.05 + 0.45 * fraction)
+        self.start, self.span = 0.5, 0.35
 
     def phase(self, phase: str, progress: float, metrics: dict[str, float] | None = None) -> None:
         self._emit(
@@ -182,7 +200,7 @@ class _Progress:
     def training(self, fraction: float, metrics: dict[str, Any]) -> None:
         self.epoch = int(metrics.get("epoch", self.epoch))
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        self.phase("training", 0.05 + 0.8 * fraction, clean)
+        self.phase("training", self.start + self.span * fraction, clean)
 
 
 def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) -> dict[str, Any]:
@@ -228,6 +246,20 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     units = int(frame["unit"].nunique())
     if units < 2:
         raise ValueError(f"{units} unit(s) to learn from: need at least two to hold one out")
+    if loaded.layout is not None:
+        failures = int(frame.groupby("unit")["failed"].first().sum())
+        needed = int(spec.get("supervised_min_failures", SUPERVISED_MIN_FAILURES))
+        if failures < needed:
+            return _train_health(
+                spec,
+                loaded,
+                frame,
+                (config, evaluation, data_params),
+                emit,
+                cancelled,
+                failures=failures,
+                needed=needed,
+            )
     if evaluation["holdout_units"] >= units:
         evaluation["holdout_units"] = max(1, units // 5)
     out = Path(spec["out"])
@@ -248,7 +280,27 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
             "settings": loaded.layout.settings,
             "failure_modes": loaded.layout.failure_modes,
         }
+    selection: dict[str, Any] | None = None
+    families = _families(raw, loaded.layout is not None)
     try:
+        if families:
+            from prognos.registry.training.selection import cross_validate
+
+            def fit(part: Any, family_config: Any, **kwargs: Any) -> Any:
+                return train(part, family_config, cancelled=cancelled.is_set, **kwargs)
+
+            selection = cross_validate(
+                frame,
+                config,
+                families,
+                folds=evaluation["folds"],
+                seed=evaluation["split_seed"],
+                train=fit,
+                columns=columns,
+                progress=progress.selecting,
+            )
+            config = replace(config, architecture=selection["chosen"])
+            check()
         trained = train(
             held_out_protocol.training,
             config,
@@ -262,6 +314,8 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
 
     progress.phase("evaluating", 0.87)
     result = held_out_protocol.evaluate(trained)
+    if selection is not None:
+        result["cross_validation"] = selection
     title = (
         f"{spec['asset_type']} run {spec['run_id']}: {evaluation['holdout_units']} held-out units"
     )
@@ -269,10 +323,13 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     champion_metrics: dict[str, float] = {}
     if spec.get("champion_bundle"):
+        from prognos.registry.training.health import is_health_model
+
         try:
-            champion_metrics = headline(
-                held_out_protocol.evaluate(TrainedModel.load(spec["champion_bundle"]))
-            )
+            champion = TrainedModel.load(spec["champion_bundle"])
+            if is_health_model(champion.model):
+                raise ValueError("it is a health model, which estimates neither RUL nor risk")
+            champion_metrics = headline(held_out_protocol.evaluate(champion))
         except (KeyError, ValueError) as error:
             # A champion of another layout (other channels) cannot read these windows.
             print(f"champion not comparable: {error}", file=sys.stderr)
@@ -283,6 +340,10 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
     info = export_serving(trained, out)
     pack_directory(Path(info.saved_model), out / "saved_model.tar")
     metrics = headline(result)
+    if selection is not None:
+        from prognos.registry.training.selection import headline as selection_headline
+
+        metrics.update(selection_headline(selection))
     metrics.update(
         {
             "export_max_rul_diff": info.check.max_rul_diff,
@@ -313,9 +374,25 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         "metrics": metrics,
         "training_metrics": training_metrics,
         "champion_metrics": champion_metrics,
-        "hyperparameters": effective_hyperparameters(config, evaluation, data_params),
+        "hyperparameters": {
+            **effective_hyperparameters(config, evaluation, data_params),
+            **({"families": ",".join(families)} if selection is not None else {}),
+        },
         "label_set": loaded.label_set,
     }
+
+
+def _families(raw: dict[str, str], any_type: bool) -> tuple[str, ...]:
+    """The families to cross-validate: ``families`` if given, the defaults for a type other
+    than the turbofan when no ``architecture`` is named, otherwise none."""
+    if "families" in raw:
+        families = tuple(f.strip() for f in raw["families"].split(",") if f.strip())
+        if len(families) < 2:
+            return ()
+        return families
+    if any_type and "architecture" not in raw:
+        return DEFAULT_FAMILIES
+    return ()
 
 
 class _CmapssProtocol:
@@ -384,6 +461,87 @@ class _LivesProtocol:
         from prognos.registry.training.evaluation import evaluate_lives
 
         return evaluate_lives(trained, self._cut, self._truth, self._failed)
+
+
+def _train_health(
+    spec: dict[str, Any],
+    loaded: Any,
+    frame: Any,
+    parameters: tuple[TrainConfig, dict[str, int], dict[str, int]],
+    emit: Emit,
+    cancelled: threading.Event,
+    *,
+    failures: int,
+    needed: int,
+) -> dict[str, Any]:
+    """Fit, export and check the health model of a type with too few failures to learn from.
+
+    Its version records ``model_kind`` ``health`` and how many failures it saw; once the
+    type's data holds ``needed`` confirmed failures, its next run trains the supervised model.
+    """
+    from prognos.registry.artifacts import pack_directory
+    from prognos.registry.training import export_serving
+    from prognos.registry.training.health import (
+        HEALTH_FILE,
+        HEALTH_KIND,
+        train_health,
+        verify_health_export,
+    )
+    from prognos.registry.training.health import headline as health_headline
+
+    config, evaluation, data_params = parameters
+    progress = _Progress(emit, 0)
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: cancelled.set())
+    try:
+        model = train_health(
+            frame,
+            config,
+            sensors=loaded.layout.features,
+            settings=loaded.layout.settings,
+            holdout_units=evaluation["holdout_units"],
+            split_seed=evaluation["split_seed"],
+            progress=lambda done, figures: progress.phase("training", 0.05 + 0.8 * done, figures),
+            cancelled=cancelled.is_set,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress.phase("exporting", 0.92)
+    out = Path(spec["out"])
+    model.save(out)
+    (out / "evaluation.json").write_text(json.dumps(model.evaluation, indent=2) + "\n")
+    info = export_serving(model.trained, out)
+    check = verify_health_export(info.saved_model, info.tflite, model.trained.verification_windows)
+    pack_directory(Path(info.saved_model), out / "saved_model.tar")
+    metrics = health_headline(model.evaluation)
+    metrics.update(
+        {
+            "export_max_anomaly_score_diff": check.max_score_diff,
+            "export_max_anomaly_distance_diff": check.max_distance_diff,
+        }
+    )
+    figures = model.evaluation
+    lives = frame.groupby("unit")["failed"].first()
+    return {
+        "bundle": str(out),
+        "artifacts": [*BUNDLE_FILES, *SERVING_FILES, HEALTH_FILE, "evaluation.json"],
+        "metrics": metrics,
+        "training_metrics": {
+            "train_seconds": model.trained.train_seconds,
+            "train_units": float(figures["fit_units"]),
+            "held_out_units": float(figures["units"]),
+            "windows": float(figures["fit_windows"]),
+            "rows": float(len(frame)),
+            "failed_units": float(failures),
+            "censored_units": float(lives.eq(0).sum()),
+        },
+        "champion_metrics": {},
+        "hyperparameters": {
+            **effective_hyperparameters(config, evaluation, data_params),
+            "model_kind": HEALTH_KIND,
+            "supervised_min_failures": str(needed),
+        },
+        "label_set": loaded.label_set,
+    }
 
 
 def evaluate_command(

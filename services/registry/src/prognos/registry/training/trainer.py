@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from prognos.registry.training import tabular
 from prognos.registry.training.data import CYCLE, RUL, SENSORS, SETTINGS, UNIT, add_rul
 from prognos.registry.training.lives import (
     FAILED,
@@ -75,6 +76,11 @@ class TrainConfig:
     pooling: str = "last"
     dropout: float = 0.0
     smoothing: float = 0.0
+    trees: int = 300
+    leaves: int = 15
+    depth: int = 6
+    min_leaf: int = 20
+    tree_lr: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -228,6 +234,26 @@ def train(
         progress(0.0, {"windows": float(len(windows)), "units": float(frame[UNIT].nunique())})
     if cancelled is not None and cancelled():
         raise TrainingCancelledError("cancelled before the first epoch")
+    if config.architecture == tabular.ARCHITECTURE:
+        serving = tabular.fit_serving_model(
+            windows,
+            rul,
+            failing,
+            modes,
+            rul_clip=config.rul_clip,
+            options=tabular.TreeOptions(
+                trees=config.trees,
+                leaves=config.leaves,
+                depth=config.depth,
+                learning_rate=config.tree_lr,
+                min_leaf=config.min_leaf,
+                seed=config.seed,
+            ),
+            rul_weight=None if sample_weight is None else rul_weight,
+            probability_weight=None if sample_weight is None else probability_weight,
+            progress=None if progress is None else (lambda done: progress(done, {})),
+        )
+        return _trained(serving, preprocessing, config, [], started, frame, windows)
 
     networks = build_networks(
         config.architecture,
@@ -282,15 +308,29 @@ def train(
     if reporter.was_cancelled:
         raise TrainingCancelledError(f"cancelled after {len(reporter.history)} epochs")
 
+    return _trained(
+        networks.serving, preprocessing, config, reporter.history, started, frame, windows
+    )
+
+
+def _trained(
+    serving: keras.Model,
+    preprocessing: Preprocessing,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    started: float,
+    frame: pd.DataFrame,
+    windows: np.ndarray,
+) -> TrainedModel:
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(
         len(windows), size=min(config.verification_samples, len(windows)), replace=False
     )
     return TrainedModel(
-        model=networks.serving,
+        model=serving,
         preprocessing=preprocessing,
         config=config,
-        history=reporter.history,
+        history=history,
         train_seconds=time.perf_counter() - started,
         reference=reference_distributions(frame, preprocessing, seed=config.seed),
         verification_windows=windows[np.sort(pick)],

@@ -1,10 +1,13 @@
 """The trail of a work order, through the four real services, from telemetry to the ERP's reply.
 
-An asset type and two engines are declared at ingest; a tiny model is trained by the registry,
-approved and promoted by a second principal; the engines' telemetry streams in, inference
-scores it with the champion, the scheduler opens, plans and releases a work order for the
-engine near its end of life, the ERP acknowledges it, and `prognos audit trail` tells the
-whole story with every chain verified.
+An asset type and three engines are declared at ingest; a tiny model is trained by the
+registry, approved and promoted by a second principal; the engines' telemetry streams in,
+inference scores it with the champion, the scheduler opens, plans and releases a work order
+for each engine, the ERP acknowledges them, and `prognos audit trail` tells the whole story
+with every chain verified.
+
+Each test acknowledges its own orders, in the name of its own person, so the tests share the
+fleet and the story but not what they change: either runs alone or after the other.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest
 S = scheduler_pb2
 ASSET_TYPE = "turbofan"
 PLANT = "plant-trail"
-ENGINES = ["trail-engine-1", "trail-engine-2"]
+ENGINES = ["trail-engine-1", "trail-engine-2", "trail-engine-3"]
 PERSON = "Erika Mustermann"
+"""Who acknowledges the order of the first engine, the one near its end of life."""
+ERASED = "Max Mustermann"
+"""Who acknowledges the other engines' orders, and then asks to be forgotten."""
 TINY = [
     "epochs=1",
     "window=12",
@@ -185,7 +191,7 @@ class Story:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def story(fleet: RunInfo, tmp_path_factory: pytest.TempPathFactory, bob_token: Path) -> Story:
-    """Two engines' telemetry through the four services, up to a released work order each."""
+    """Three engines' telemetry through the four services, up to a released work order each."""
     async with open_channel(fleet, "ingest") as channel:
         ingest = ingest_pb2_grpc.IngestServiceStub(channel)
         await ingest.RegisterAssetType(ingest_pb2.RegisterAssetTypeRequest(asset_type=turbofan()))
@@ -214,8 +220,8 @@ async def story(fleet: RunInfo, tmp_path_factory: pytest.TempPathFactory, bob_to
 
     await assert_eventually(serving, timeout=60)
 
-    # Engine 1 near the end of its life, engine 2 young: 20 cycles each, in two batches.
-    lives = data.fleet(2, seed=11)
+    # Engine 1 near the end of its life, the others young: 20 cycles each, in two batches.
+    lives = data.fleet(len(ENGINES), seed=11)
     now_us = int(time.time() * 1_000_000)
     batches = []
     for engine, rows in zip(ENGINES, lives, strict=True):
@@ -358,21 +364,22 @@ async def _chains_text(fleet: RunInfo) -> str:
 async def test_an_erasure_removes_the_name_from_every_trail_and_the_chains_still_verify(
     fleet: RunInfo, story: Story
 ) -> None:
-    first, second = story.orders[ENGINES[0]], story.orders[ENGINES[1]]
-    await _acknowledge(fleet, second, "SAP-4712", PERSON)
-    for order in (first, second):
+    orders = [story.orders[engine] for engine in ENGINES[1:]]
+    for number, order in enumerate(orders, start=4712):
+        await _acknowledge(fleet, order, f"SAP-{number}", ERASED)
+    for order in orders:
         trail, report = await _trail(fleet, order.id)
-        assert PERSON in trail["people"].values() and PERSON in report
-    assert PERSON not in await _chains_text(fleet)
+        assert ERASED in trail["people"].values() and ERASED in report
+    assert ERASED not in await _chains_text(fleet)
 
-    erased = await prognos(fleet, "audit", "erase", PERSON, "--reason", "request 17")
+    erased = await prognos(fleet, "audit", "erase", ERASED, "--reason", "request 17")
 
     assert "scheduler" in erased.stdout and "person/" in erased.stdout
     refs: set[str] = set()
-    for order in (first, second):
+    for order in orders:
         trail, report = await _trail(fleet, order.id)
         assert trail["verified"] is True
-        assert PERSON not in json.dumps(trail) and PERSON not in report
+        assert ERASED not in json.dumps(trail) and ERASED not in report
         assert "[erased]" in report
         assert list(trail["people"].values()) == [None]
         refs |= set(trail["people"])
@@ -386,5 +393,5 @@ async def test_an_erasure_removes_the_name_from_every_trail_and_the_chains_still
     assert [(e.subject, e.reason) for e in erasures] == [(ref, "request 17")]
     assert erasures[0].actor and erasures[0].trace_id
     # Nobody is left to erase: a second request says so.
-    again = await prognos(fleet, "audit", "erase", PERSON, ok=False)
+    again = await prognos(fleet, "audit", "erase", ERASED, ok=False)
     assert again.returncode == 1

@@ -160,7 +160,9 @@ class Settings(BaseSettings):
     # training_workers at a time, each stopped after training_timeout_s. Every asset type
     # with training data is retrained every retrain_period_s (0 turns the schedule off) when
     # newer data exists; a drift alert retrains at once, but at most once per
-    # drift_retrain_min_interval_s per asset type.
+    # drift_retrain_min_interval_s per asset type. A type whose data holds fewer than
+    # supervised_min_failures confirmed failures gets a health model (anomaly score) trained
+    # on its normal operation; from that many on, the supervised model.
     artifact_dir: Path | None = Field(
         default=None, description="Root of the registry's content-addressed artifact store"
     )
@@ -168,6 +170,7 @@ class Settings(BaseSettings):
     training_timeout_s: float = 3600.0
     retrain_period_s: float = 86400.0
     drift_retrain_min_interval_s: float = 3600.0
+    supervised_min_failures: int = 5
     # Inference live scoring: each asset keeps its newest inference_history_rows readings
     # (at least the model's window); assets whose window changed are scored together in a
     # micro-batch that closes at inference_batch_size assets or inference_batch_deadline_s

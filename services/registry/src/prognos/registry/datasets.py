@@ -2,7 +2,8 @@
 
 A snapshot of any asset type becomes the lives of its assets on the type's own time base
 and channels (``training.lives``): failed lives and censored ones, settings and features
-as the type declares them, horizon in the type's unit.
+as the type declares them, horizon in the type's unit. A type that has not failed yet (no
+labels, or none confirmed) has censored lives only, which a health model learns from.
 
 The turbofan layout keeps its own path, so its figures stay those of the C-MAPSS files: a
 C-MAPSS file, or a snapshot whose type has the turbofan channels, becomes a frame in the
@@ -33,12 +34,20 @@ import pyarrow.parquet as pq
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.registry.artifacts import local_path, sha256_of
 from prognos.registry.training.data import COLUMNS, CYCLE, SENSORS, SETTINGS, UNIT, load_cmapss
-from prognos.registry.training.lives import FAILED, Layout, LivesError, assemble, natural_key
+from prognos.registry.training.lives import Layout, LivesError, assemble, natural_key
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
 _CHANNEL = re.compile(r"^(?:op_setting_(\d+)|sensor_(\d+))$")
+#: The labels of a snapshot that has none: no asset is known to have failed.
+_NO_LABELS = pd.DataFrame(
+    {
+        "time": pd.Series([], dtype="datetime64[ns, UTC]"),
+        "asset_id": pd.Series([], dtype=str),
+        "failure_confirmed": pd.Series([], dtype=bool),
+    }
+)
 
 
 class TrainingDataError(ValueError):
@@ -146,9 +155,14 @@ def from_snapshot(
             the C-MAPSS layout.
         gap_fill_steps: Steps a missing reading is carried forward on the type's time base.
 
+    Returns:
+        The lives. Those of a type in its own layout may all be censored (no labels, or no
+        confirmed failure yet): whether they teach a supervised model or only a health
+        model is the trainer's call.
+
     Raises:
         TrainingDataError: a file is missing or differs from its hash, channels are missing,
-            or no asset has a confirmed failure.
+            or, in the C-MAPSS layout, no asset has a confirmed failure.
     """
     root = local_path(snapshot.root_uri)
     telemetry: list[pd.DataFrame] = []
@@ -169,28 +183,28 @@ def from_snapshot(
             telemetry.append(_read(path))
     if not telemetry:
         raise TrainingDataError(f"snapshot {snapshot.name} holds no telemetry files")
-    if not labels:
+    layout = None
+    if asset_type is not None and not is_turbofan(asset_type):
+        layout = layout_of(asset_type, gap_fill_steps=gap_fill_steps)
+    if not labels and layout is None:
         raise TrainingDataError(
             f"snapshot {snapshot.name} holds no labels: no asset is known to have failed"
         )
     readings = _in_range(pd.concat(telemetry, ignore_index=True), snapshot)
-    outcomes = _in_range(pd.concat(labels, ignore_index=True), snapshot)
+    outcomes = _in_range(
+        pd.concat(labels, ignore_index=True) if labels else _NO_LABELS.copy(), snapshot
+    )
     if "repaired_at" in outcomes.columns:
         outcomes["repaired_at"] = pd.to_datetime(outcomes["repaired_at"], utc=True)
     if "asset_type" in outcomes.columns:
         outcomes = outcomes[outcomes["asset_type"] == snapshot.asset_type]
     failures = outcomes[outcomes["failure_confirmed"].astype(bool)]
     digest = hashlib.sha256("".join(label_lines).encode()).hexdigest()
-    if asset_type is not None and not is_turbofan(asset_type):
-        layout = layout_of(asset_type, gap_fill_steps=gap_fill_steps)
+    if layout is not None:
         try:
             frame, assets = assemble(readings, failures, layout)
         except LivesError as e:
             raise TrainingDataError(f"snapshot {snapshot.name}: {e}") from None
-        if not frame[FAILED].any():
-            raise TrainingDataError(
-                f"snapshot {snapshot.name}: no asset ran to a confirmed failure"
-            )
         return TrainingData(frame, f"sha256:{digest}", assets, layout)
     frame, assets = _units(readings, failures)
     return TrainingData(frame, label_set=f"sha256:{digest}", assets=assets)

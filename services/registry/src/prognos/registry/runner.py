@@ -465,6 +465,7 @@ class TrainingRunner:
             "source": source,
             "champion_bundle": champion_bundle,
             "out": str(work / "bundle"),
+            "supervised_min_failures": self._settings.supervised_min_failures,
         }
         return _Prepared(spec, champion_id if champion_bundle else "")
 

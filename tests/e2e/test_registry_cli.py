@@ -15,11 +15,14 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 from prognos.cli.client import open_channel, secrets_of
@@ -73,23 +76,37 @@ def _copy_artifacts(version: dict, directory: Path) -> Path:
     return directory
 
 
-async def test_train_approve_promote_register_roll_back_and_history(
-    fleet: RunInfo, tmp_path: Path
-) -> None:
-    source = data.write_cmapss(tmp_path / "train_tiny.txt", units=8, seed=3)
-    params = [arg for p in TINY for arg in ("--param", p)]
+@dataclass(frozen=True)
+class Trained:
+    """What `prognos train` made of a training file: the file, what it printed, the version."""
 
-    trained = await prognos(
+    source: Path
+    done: subprocess.CompletedProcess[str]
+    version: dict[str, Any]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def trained(fleet: RunInfo, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The module's first model version, trained once for every test that needs one."""
+    source = data.write_cmapss(tmp_path_factory.mktemp("train") / "train_tiny.txt", 8, seed=3)
+    params = [arg for p in TINY for arg in ("--param", p)]
+    done = await prognos(
         fleet, "train", "--asset-type", "turbofan", "--cmapss", str(source), *params, "--json"
     )
+    return Trained(source, done, json.loads(done.stdout))
 
-    first = json.loads(trained.stdout)
+
+async def test_train_approve_promote_register_roll_back_and_history(
+    fleet: RunInfo, trained: Trained, tmp_path: Path
+) -> None:
+    source, first = trained.source, trained.version
+
     assert first["id"] == "turbofan-v1"
     assert first["lineage"]["dataset_content_hash"] == (
         "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
     )
     assert first["lineage"]["source_uri"].startswith("train_tiny.txt file://")
-    assert "training" in trained.stderr and "100%" in trained.stderr
+    assert "training" in trained.done.stderr and "100%" in trained.done.stderr
 
     refused = await prognos(fleet, "models", "approve", first["id"], ok=False)
     assert refused.returncode == 1
@@ -147,18 +164,18 @@ async def test_train_approve_promote_register_roll_back_and_history(
 
 
 async def test_evaluate_prints_the_protocol_and_writes_the_report(
-    fleet: RunInfo, tmp_path: Path
+    fleet: RunInfo, trained: Trained, tmp_path: Path
 ) -> None:
     test, truth = data.write_nasa_test(tmp_path / "test.txt", tmp_path / "truth.txt", 6, seed=5)
     report = tmp_path / "report.png"
 
     done = await prognos(
-        fleet, "evaluate", "--model", "turbofan-v1", "--cmapss-test", str(test),
+        fleet, "evaluate", "--model", trained.version["id"], "--cmapss-test", str(test),
         "--cmapss-truth", str(truth), "--report", str(report),
     )  # fmt: skip
 
     evaluation = json.loads(done.stdout)
-    assert evaluation["model_version"] == "turbofan-v1"
+    assert evaluation["model_version"] == trained.version["id"] == "turbofan-v1"
     assert evaluation["units"] == 6 and len(evaluation["per_unit"]) == 6
     assert evaluation["rmse"] > 0 and {"precision", "recall", "f1"} <= set(evaluation["binary"])
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -177,7 +177,9 @@ class Settings(BaseSettings):
     # after its first asset; models run on inference_threads worker threads. A champion
     # prediction at or above inference_alert_threshold is explained (top sensors, by
     # occlusion) when it is also at or above inference_attribution_threshold (default: the
-    # alert threshold; 0 explains every prediction), and an upward crossing is audited.
+    # alert threshold; 0 explains every prediction), and an upward crossing is audited. A
+    # health model's prediction is explained from anomaly score
+    # inference_anomaly_attribution_threshold on.
     inference_replica_id: str | None = Field(
         default=None, description="Id of this inference replica (default <hostname>-<pid>)"
     )
@@ -187,6 +189,7 @@ class Settings(BaseSettings):
     inference_threads: int = 2
     inference_alert_threshold: float = 0.5
     inference_attribution_threshold: float | None = None
+    inference_anomaly_attribution_threshold: float = 0.99
     # Inference replicas: each announces itself in a KV bucket every heartbeat; one unheard
     # of for inference_member_ttl_s is gone, and its assets move to the others, which
     # rebuild their windows from the telemetry stream of the last

@@ -203,8 +203,17 @@ def opening_floor(policy: scheduler_events.WorkOrderPolicySet) -> float:
     return policy.policy.open_probability
 
 
-def policy_handler(apply: Callable[[str, float], None]) -> EnvelopeHandler:
-    """Pass each asset type's opening floor (``opening_floor``) to ``apply``."""
+def anomaly_floor(policy: scheduler_events.WorkOrderPolicySet) -> float | None:
+    """The lowest anomaly score at which a health model's prediction opens an inspection,
+    or ``None`` when the policy has no such rule."""
+    if policy.policy.HasField("open_anomaly_score"):
+        return policy.policy.open_anomaly_score
+    return None
+
+
+def policy_handler(apply: Callable[[str, float, float | None], None]) -> EnvelopeHandler:
+    """Pass each asset type's opening floors (``opening_floor``, ``anomaly_floor``) to
+    ``apply``."""
 
     def handle(envelope: Envelope) -> None:
         if envelope.type != scheduler_events.WorkOrderPolicySet.DESCRIPTOR.full_name:
@@ -212,6 +221,6 @@ def policy_handler(apply: Callable[[str, float], None]) -> EnvelopeHandler:
         event = scheduler_events.WorkOrderPolicySet()
         envelope.payload.Unpack(event)
         if event.asset_type:
-            apply(event.asset_type, opening_floor(event))
+            apply(event.asset_type, opening_floor(event), anomaly_floor(event))
 
     return handle

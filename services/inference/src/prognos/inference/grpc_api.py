@@ -217,7 +217,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         With ``into``, the predictions are added to its ``predictions`` in order (copied
         once, in C, when there are several parts) and those are returned.
         """
-        explain_at = self._live.explain_threshold(model.asset_type)  # as the live path does
+        # As the live path does.
+        explain_at = self._live.explain_threshold(model.asset_type, health=model.health)
         if len(assets) == 1 and into is None and 0 < model.window_call_s <= _INLINE_WINDOW_S:
             # Handing one short window to a thread and back costs more than scoring it.
             # Explaining it (one more model call per feature) is left to a thread, which
@@ -226,7 +227,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 scores = score(self._runner, model, raw, channels, explain_at=None)
             except MissingChannelError as e:
                 raise _missing_channels(model, e) from None
-            if scores.probability[0] >= explain_at:
+            if scores.explained[0] >= explain_at:
                 await asyncio.get_running_loop().run_in_executor(
                     self._executor, explain, self._runner, scores, raw, channels, explain_at
                 )

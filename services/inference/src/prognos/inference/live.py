@@ -238,6 +238,7 @@ class LiveScorer:
         self._rebuilds: list[_Rebuild] = []
         self._last_probability: dict[str, float] = {}
         self._opening_floor: dict[str, float] = {}
+        self._anomaly_floor: dict[str, float] = {}
         self._kick = asyncio.Event()
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(max(1, settings.inference_threads))
@@ -259,19 +260,30 @@ class LiveScorer:
         configured = self._settings.inference_attribution_threshold
         return self.alert_threshold if configured is None else configured
 
-    def explain_threshold(self, asset_type: str) -> float:
+    def explain_threshold(self, asset_type: str, *, health: bool = False) -> float:
         """Predictions of ``asset_type``, live or asked for, at or above this are explained.
 
         The attribution threshold, lowered to where the scheduler's policy for the asset
         type opens work orders: a prediction that can open one carries its top sensors.
+        For a health model's predictions, the same on the anomaly score
+        (``inference_anomaly_attribution_threshold`` and the policy's anomaly rule).
         """
-        floor = self._opening_floor.get(asset_type)
-        threshold = self.attribution_threshold
+        if health:
+            floor = self._anomaly_floor.get(asset_type)
+            threshold = self._settings.inference_anomaly_attribution_threshold
+        else:
+            floor = self._opening_floor.get(asset_type)
+            threshold = self.attribution_threshold
         return threshold if floor is None else min(threshold, floor)
 
-    def opens_at(self, asset_type: str, floor: float) -> None:
-        """The scheduler opens work orders for ``asset_type`` from probability ``floor``."""
+    def opens_at(self, asset_type: str, floor: float, anomaly_floor: float | None = None) -> None:
+        """The scheduler opens work orders for ``asset_type`` from probability ``floor``
+        (and inspections from anomaly score ``anomaly_floor``, ``None`` when it does not)."""
         self._opening_floor[asset_type] = floor
+        if anomaly_floor is None:
+            self._anomaly_floor.pop(asset_type, None)
+        else:
+            self._anomaly_floor[asset_type] = anomaly_floor
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -615,7 +627,7 @@ class LiveScorer:
             champion,
             job.raw,
             job.channels,
-            explain_at=self.explain_threshold(job.asset_type),
+            explain_at=self.explain_threshold(job.asset_type, health=champion.health),
         )
         made = predictions(scores, job.assets, job.start_us, job.end_us)
         traces = [trace or job.traceparent for trace in job.traces]

@@ -2,6 +2,8 @@
 
 A ``ServingModel`` is everything one model version needs to score windows (the LiteRT
 flatbuffer, its preprocessing and its training reference), read once and never changed.
+A health model (``anomaly_score`` and ``anomaly_distance`` among its outputs) is served
+alike; ``ServingModel.health`` says which kind a model is.
 ``ServingModels`` maps each asset type to its current ``ModelPair`` (champion and
 challenger); a promotion replaces the pair in one assignment, so a scoring call that
 already took the old pair finishes with it, and the next one takes the new one: no lock,
@@ -33,6 +35,10 @@ SIGNATURE = "serving_default"
 RUL_OUTPUT = "rul"
 PROBABILITY_OUTPUT = "failure_probability"
 MODE_OUTPUT = "mode_probability"
+#: A health model's outputs: the calibrated anomaly score (0..1) and the distance it
+#: calibrates, which keeps growing where the score saturates (explanations use it).
+ANOMALY_OUTPUT = "anomaly_score"
+DISTANCE_OUTPUT = "anomaly_distance"
 #: Windows per interpreter call: small batches keep LiteRT's tensors in cache.
 CHUNK = 64
 _INTERPRETERS_PER_THREAD = 8
@@ -65,6 +71,8 @@ class ServingModel:
     loaded_at: float = field(default_factory=time.time)
     #: Seconds one window (batch of one) takes, measured when the model was loaded.
     window_call_s: float = 0.0
+    #: A health model (anomaly score, no failure risk), known from its outputs at load.
+    health: bool = False
 
     @property
     def window(self) -> int:
@@ -150,6 +158,7 @@ def load_model(asset_type: str, version: str, artifacts: Sequence[Artifact]) -> 
     try:
         runner = ModelRunner()
         runner.run(loaded, window)
+        loaded = replace(loaded, health=runner.is_health(loaded))
         calls = []
         for _ in range(_TIMED_CALLS):
             started = time.perf_counter()
@@ -182,6 +191,12 @@ class _Interpreter:
         self.probability = outputs[PROBABILITY_OUTPUT]["index"]
         modes = outputs.get(MODE_OUTPUT)
         self.mode_index: int | None = None if modes is None else modes["index"]
+        self.anomaly_index: tuple[int, int] | None = None
+        if ANOMALY_OUTPUT in outputs and DISTANCE_OUTPUT in outputs:
+            self.anomaly_index = (
+                outputs[ANOMALY_OUTPUT]["index"],
+                outputs[DISTANCE_OUTPUT]["index"],
+            )
         self.batch = 0
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +220,17 @@ class _Interpreter:
             return np.zeros((len(windows), 0))
         self._invoke(windows)
         return np.array(self.interpreter.get_tensor(self.mode_index), np.float64)
+
+    def anomaly(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A health model's anomaly score and distance per window (float64)."""
+        if self.anomaly_index is None:
+            raise ValueError("the model has no anomaly output: it is not a health model")
+        self._invoke(windows)
+        score, distance = self.anomaly_index
+        return (
+            np.array(self.interpreter.get_tensor(score), np.float64).reshape(-1),
+            np.array(self.interpreter.get_tensor(distance), np.float64).reshape(-1),
+        )
 
 
 class ModelRunner:
@@ -249,6 +275,29 @@ class ModelRunner:
             rul[start : start + len(part)] = r
             probability[start : start + len(part)] = p
         return rul, probability
+
+    def is_health(self, model: ServingModel) -> bool:
+        """Whether the model gives an anomaly score (a health model)."""
+        return self._interpreter(model).anomaly_index is not None
+
+    def run_anomaly(
+        self, model: ServingModel, windows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A health model's anomaly score and distance, one each per window (float64).
+
+        Raises:
+            ValueError: The model is not a health model.
+        """
+        interpreter = self._interpreter(model)
+        windows = np.ascontiguousarray(windows, np.float32)
+        score = np.empty(len(windows), np.float64)
+        distance = np.empty(len(windows), np.float64)
+        for start in range(0, len(windows), CHUNK):
+            part = windows[start : start + CHUNK]
+            s, d = interpreter.anomaly(part)
+            score[start : start + len(part)] = s
+            distance[start : start + len(part)] = d
+        return score, distance
 
     def run_modes(self, model: ServingModel, windows: np.ndarray) -> np.ndarray:
         """``(batch, modes)`` probability of each of the model's failure modes.

@@ -7,6 +7,12 @@ normalised space) and the drop in probability is that feature's contribution. It
 one extra model call per feature, batched, for the windows explained only. ``explain``
 does that last step alone, for windows already scored.
 
+A health model is scored and explained alike on its anomaly: its windows are explained
+from the anomaly score at the threshold on, and a feature's contribution is the drop of
+the anomaly distance when it is occluded (the distance, unlike the calibrated score, does
+not saturate, so two deviating sensors both show). Its predictions carry the anomaly score
+and no RUL.
+
 ``predictions`` builds the ``Prediction`` messages from a template per model, which is
 several times faster than building each message field by field.
 """
@@ -53,6 +59,15 @@ class Scores:
     explanations: dict[int, list[Contribution]]
     #: ``(batch, modes)`` probability of each failure mode; ``None`` for a model without.
     modes: np.ndarray | None = None
+    #: A health model's anomaly score and distance per window; ``None`` for other models.
+    anomaly: np.ndarray | None = None
+    distance: np.ndarray | None = None
+
+    @property
+    def explained(self) -> np.ndarray:
+        """What the attribution threshold applies to: the anomaly score of a health model,
+        the failure probability of any other."""
+        return self.probability if self.anomaly is None else self.anomaly
 
 
 def input_digest(window: np.ndarray) -> str:
@@ -90,7 +105,8 @@ def score(
         raw: ``(batch, rows, channels)`` raw windows, at least ``model.window`` rows; the
             newest ``model.window`` rows are used.
         channels: Channel name of each raw column.
-        explain_at: Explain windows whose probability is at least this; None: none.
+        explain_at: Explain windows whose probability (a health model's: anomaly score) is
+            at least this; None: none.
 
     Raises:
         MissingChannelError: The readings lack a channel the model needs.
@@ -101,7 +117,10 @@ def score(
     rul, probability = runner.run(model, inputs)
     digests = [input_digest(window) for window in inputs]
     modes = runner.run_modes(model, inputs) if prep.failure_modes else None
-    scores = Scores(model, inputs, rul, probability, digests, {}, modes)
+    anomaly = distance = None
+    if model.health:
+        anomaly, distance = runner.run_anomaly(model, inputs)
+    scores = Scores(model, inputs, rul, probability, digests, {}, modes, anomaly, distance)
     if explain_at is not None:
         explain(runner, scores, raw, channels, explain_at)
     return scores
@@ -114,7 +133,8 @@ def explain(
     channels: Sequence[str],
     explain_at: float,
 ) -> None:
-    """Explain the scored windows whose probability is at least ``explain_at``, in place.
+    """Explain the scored windows whose probability (a health model's: anomaly score) is at
+    least ``explain_at``, in place.
 
     Args:
         runner: The calling thread's model runner.
@@ -123,15 +143,14 @@ def explain(
         channels: Channel name of each raw column.
         explain_at: The attribution threshold.
     """
-    chosen = np.flatnonzero(scores.probability >= explain_at)
+    chosen = np.flatnonzero(scores.explained >= explain_at)
     if not len(chosen):
         return
     features = scores.model.preprocessing.resolve(channels)[1]
     feature_channels = [channels[i] for i in features]
     latest = _latest(raw[chosen][:, :, features])
-    contributions = occlusion(
-        runner, scores.model, scores.inputs[chosen], scores.probability[chosen]
-    )
+    explained = scores.probability if scores.distance is None else scores.distance
+    contributions = occlusion(runner, scores.model, scores.inputs[chosen], explained[chosen])
     for k, row in enumerate(chosen):
         scores.explanations[int(row)] = top_contributions(
             contributions[k], feature_channels, latest[k]
@@ -141,13 +160,14 @@ def explain(
 def occlusion(
     runner: ModelRunner, model: ServingModel, inputs: np.ndarray, probability: np.ndarray
 ) -> np.ndarray:
-    """Drop in probability when each feature is replaced by its regime mean.
+    """Drop in probability (a health model's: anomaly distance) when each feature is
+    replaced by its regime mean.
 
     Args:
         runner: The thread's model runner.
         model: The model.
         inputs: ``(n, window, features)`` model inputs.
-        probability: The model's probability for each input.
+        probability: The model's probability (distance) for each input.
 
     Returns:
         ``(n, features)`` contributions.
@@ -156,7 +176,11 @@ def occlusion(
     occluded = np.repeat(inputs[:, None], features, axis=1)  # (n, features, window, features)
     index = np.arange(features)
     occluded[:, index, :, index] = 0.0
-    _, p = runner.run(model, occluded.reshape(n * features, *inputs.shape[1:]))
+    batch = occluded.reshape(n * features, *inputs.shape[1:])
+    if model.health:
+        _, p = runner.run_anomaly(model, batch)
+    else:
+        _, p = runner.run(model, batch)
     return probability[:, None] - p.reshape(n, features)
 
 
@@ -235,6 +259,7 @@ def predictions(
     explanations = scores.explanations
     mode_rows = scores.modes
     mode_names = () if mode_rows is None else scores.model.preprocessing.failure_modes
+    anomaly = None if scores.anomaly is None else scores.anomaly.tolist()
     # Built in place in a repeated field: no copy per message.
     out = inference_pb2.PredictBatchResponse().predictions if into is None else into
     for i, asset in enumerate(assets):
@@ -257,7 +282,9 @@ def predictions(
         p.asset_id = asset.asset_id
         p.failure_probability = probability[i]
         p.input_digest = digest
-        if in_duration and asset.row_interval_s:
+        if anomaly is not None:
+            p.anomaly_score = anomaly[i]  # a health model estimates no RUL
+        elif in_duration and asset.row_interval_s:
             seconds = rul[i] * asset.row_interval_s
             p.rul.duration.seconds = int(seconds)
             p.rul.duration.nanos = int((seconds - int(seconds)) * 1e9)

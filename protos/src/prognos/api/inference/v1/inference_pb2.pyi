@@ -85,7 +85,9 @@ Global___RemainingUsefulLife: _TypeAlias = RemainingUsefulLife  # noqa: Y015
 
 @_typing.final
 class SensorContribution(_message.Message):
-    """SensorContribution says how much one sensor channel pushed the failure probability."""
+    """SensorContribution says how much one sensor channel pushed the failure probability
+    (for a health model's prediction: the anomaly, see Prediction.anomaly_score).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -96,7 +98,8 @@ class SensorContribution(_message.Message):
     """Channel name (a SensorChannel of the asset type)."""
     contribution: _builtins.float
     """Share of the explanation assigned to this channel; contributions of all channels
-    add up to 1 in absolute value. Positive raises the risk, negative lowers it.
+    add up to 1 in absolute value. Positive raises the risk (or the anomaly), negative
+    lowers it.
     """
     value: _builtins.float
     """The channel's latest value in the window, in its canonical unit."""
@@ -136,6 +139,7 @@ class Prediction(_message.Message):
     WINDOW_FIELD_NUMBER: _builtins.int
     MADE_AT_FIELD_NUMBER: _builtins.int
     FAILURE_MODES_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
     prediction_id: _builtins.str
     """Server-assigned identifier; work orders and audit entries point to it."""
     asset_id: _builtins.str
@@ -154,6 +158,16 @@ class Prediction(_message.Message):
     """
     shadow: _builtins.bool
     """True for the challenger's prediction in shadow mode: recorded, never acted on."""
+    anomaly_score: _builtins.float
+    """Set by a health model only: the model of an asset type that has not failed often
+    enough for a supervised one, fitted on its normal operation. How unusual the input
+    window is, 0 to 1, calibrated on assets held out of its training: the share of their
+    normal windows that are less unusual, so 0.99 means rarer than 99 in 100 normal
+    windows, for every asset type alike. A health model estimates no failure risk: its
+    predictions have `failure_probability` 0, no `rul` and no `failure_modes`, and their
+    `top_sensors` are the channels that deviate most. A work-order policy can open an
+    inspection from it (WorkOrderPolicy.open_anomaly_score).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Time the prediction refers to: the end of the input window."""
@@ -203,12 +217,15 @@ class Prediction(_message.Message):
         window: Global___TimeWindow | None = ...,
         made_at: _timestamp_pb2.Timestamp | None = ...,
         failure_modes: _abc.Iterable[Global___FailureModeRisk] | None = ...,
+        anomaly_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "made_at", b"made_at", "rul", b"rul", "time", b"time", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score", "anomaly_score", b"anomaly_score", "horizon", b"horizon", "made_at", b"made_at", "rul", b"rul", "time", b"time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "asset_type", b"asset_type", "failure_modes", b"failure_modes", "failure_probability", b"failure_probability", "horizon", b"horizon", "input_digest", b"input_digest", "made_at", b"made_at", "model_version", b"model_version", "plant", b"plant", "prediction_id", b"prediction_id", "rul", b"rul", "shadow", b"shadow", "time", b"time", "top_sensors", b"top_sensors", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score", "anomaly_score", b"anomaly_score", "asset_id", b"asset_id", "asset_type", b"asset_type", "failure_modes", b"failure_modes", "failure_probability", b"failure_probability", "horizon", b"horizon", "input_digest", b"input_digest", "made_at", b"made_at", "model_version", b"model_version", "plant", b"plant", "prediction_id", b"prediction_id", "rul", b"rul", "shadow", b"shadow", "time", b"time", "top_sensors", b"top_sensors", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__anomaly_score: _TypeAlias = _typing.Literal["anomaly_score"]  # noqa: Y015
+    _WhichOneofArgType__anomaly_score: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anomaly_score) -> _WhichOneofReturnType__anomaly_score | None: ...
 
 Global___Prediction: _TypeAlias = Prediction  # noqa: Y015
 

@@ -259,6 +259,8 @@ class PolicySet(DomainEvent):
     horizon_s: float
     hours_per_rul_unit: float
     at: datetime
+    anomaly_open: float | None = None
+    anomaly_close: float | None = None
 
     def policy(self) -> WorkOrderPolicy:
         return WorkOrderPolicy(
@@ -269,6 +271,8 @@ class PolicySet(DomainEvent):
             min_interval=timedelta(seconds=self.min_interval_s),
             horizon=timedelta(seconds=self.horizon_s),
             hours_per_rul_unit=self.hours_per_rul_unit,
+            anomaly_open=self.anomaly_open,
+            anomaly_close=self.anomaly_close,
         )
 
     @classmethod
@@ -283,6 +287,8 @@ class PolicySet(DomainEvent):
             horizon_s=policy.horizon.total_seconds(),
             hours_per_rul_unit=policy.hours_per_rul_unit,
             at=at,
+            anomaly_open=policy.anomaly_open,
+            anomaly_close=policy.anomaly_close,
         )
 
 
@@ -367,6 +373,8 @@ class Cause:
     top_sensors: tuple[str, ...] = ()
     rul: float | None = None
     rul_unit: str = ""
+    #: A health model's anomaly score (the prediction estimated no failure risk).
+    anomaly_score: float | None = None
 
 
 @dataclass(frozen=True)

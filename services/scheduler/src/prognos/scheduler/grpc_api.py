@@ -64,6 +64,8 @@ _POLICY_FIELDS = {
     "rul_open": "open_remaining_useful_life",
     "rul_close": "close_remaining_useful_life",
     "hours_per_rul_unit": "hours_per_cycle",
+    "anomaly_open": "open_anomaly_score",
+    "anomaly_close": "close_anomaly_score",
 }
 _POLICY_NAME = re.compile(r"\b(" + "|".join(_POLICY_FIELDS) + r")\b")
 

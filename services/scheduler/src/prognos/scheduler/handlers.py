@@ -41,6 +41,7 @@ from prognos.scheduler.domain import (
 )
 from prognos.scheduler.policy import (
     DecisionKind,
+    Prediction,
     WorkOrderPolicy,
     decide,
     evolve,
@@ -380,12 +381,12 @@ async def on_prediction(
         "failure_mode": p.failure_mode,
         "asset_type": p.asset_type,
         "prediction_at": p.at,
-        "risk": p.failure_probability,
+        "risk": p.risk,
         "model_version": p.model_version,
         "decided_at": now,
     }
-    if not p.asset_id or not 0.0 <= p.failure_probability <= 1.0:
-        detail = "no asset id" if not p.asset_id else "failure probability outside [0, 1]"
+    if not p.asset_id or not 0.0 <= p.risk <= 1.0:
+        detail = "no asset id" if not p.asset_id else f"{_scored(p, digits=None)} outside [0, 1]"
         await adapters.record_decision(
             uow.conn, None, kind="NONE", reason="INVALID", detail=detail, **common
         )
@@ -413,6 +414,7 @@ async def on_prediction(
         "model_version": p.model_version,
         "input_digest": p.input_digest,
         "failure_probability": p.failure_probability,
+        "anomaly_score": p.anomaly_score,
         "rul": p.rul,
         "top_sensors": list(p.top_sensors),
         "time": p.at.isoformat(),
@@ -443,7 +445,7 @@ async def on_prediction(
         )
         await writer.save(
             order,
-            reason=f"{decision.reason.value}: failure probability {p.failure_probability:.3f}",
+            reason=f"{decision.reason.value}: {_scored(p)}",
             details=details,
         )
         await writer.flush()
@@ -467,12 +469,23 @@ async def on_prediction(
         order.update_risk(decision.risk, decision.due_at, cause, now)
         await writer.save(
             order,
-            reason=f"later prediction: failure probability {p.failure_probability:.3f}",
+            reason=f"later prediction: {_scored(p)}",
             details=details,
         )
         await writer.flush()
         return DecisionOutcome(outcome.kind, outcome.reason, outcome.work_order_id, True)
     return outcome
+
+
+def _scored(p: Prediction, digits: int | None = 3) -> str:
+    """What a prediction says, in words: its failure probability, or a health model's
+    anomaly score (without the number when ``digits`` is ``None``)."""
+    name, value = (
+        ("failure probability", p.failure_probability)
+        if p.anomaly_score is None
+        else ("anomaly score", p.anomaly_score)
+    )
+    return name if digits is None else f"{name} {value:.{digits}f}"
 
 
 # --- the ERP's transitions ---------------------------------------------------------------

@@ -9,10 +9,13 @@ ERP's completions and cancellations); nothing else is remembered.
 
 Rules, per asset type (``WorkOrderPolicy``):
 
-* trigger: failure probability >= ``p_open`` or RUL <= ``rul_open``;
+* trigger: failure probability >= ``p_open`` or RUL <= ``rul_open``; for a health model's
+  prediction (one with an anomaly score, no failure risk), anomaly score >= ``anomaly_open``,
+  which opens an inspection (failure mode ``inspection``) whose risk is the anomaly score;
 * hysteresis: once a work order was opened the key is disarmed, and it is armed again only
   by a prediction that is clear, i.e. probability < ``p_close`` and RUL > ``rul_close``
-  (or unknown), so a score flapping around ``p_open`` opens exactly one work order;
+  (or unknown), or anomaly score < ``anomaly_close`` for a health model's, so a score
+  flapping around ``p_open`` opens exactly one work order;
 * minimum interval: no second opening for the same key within ``min_interval`` of the last;
 * at most one open work order per (asset, failure mode): while one is open, every later
   prediction updates its risk and due date instead of opening another;
@@ -31,6 +34,8 @@ from enum import StrEnum
 from prognos.core.quoting import NOT_FINITE, finite
 
 DEFAULT_FAILURE_MODE = "any"
+#: The failure mode of a work order opened from a health model's anomaly score: look at it.
+INSPECTION_FAILURE_MODE = "inspection"
 
 _WORK_ORDER_NAMESPACE = uuid.UUID("5f0c8a52-4d8e-4a57-9a3c-0b8f2f7a1e60")
 
@@ -51,7 +56,8 @@ class WorkOrderPolicy:
     ``rul_open`` and ``rul_close`` are in the asset type's RUL unit (hours or cycles);
     ``hours_per_rul_unit`` turns a RUL into hours for the due date (1.0 when RUL is in hours,
     the mean operating hours of one cycle when it is in cycles). A prediction without a RUL
-    is due ``horizon`` after it was made.
+    is due ``horizon`` after it was made. ``anomaly_open`` and ``anomaly_close`` apply to
+    the calibrated anomaly score of a health model's predictions (``None``: no such rule).
     """
 
     p_open: float = 0.8
@@ -61,6 +67,8 @@ class WorkOrderPolicy:
     min_interval: timedelta = timedelta(hours=24)
     horizon: timedelta = timedelta(hours=48)
     hours_per_rul_unit: float = 1.0
+    anomaly_open: float | None = None
+    anomaly_close: float | None = None
 
     def __post_init__(self) -> None:
         numbers = {
@@ -69,6 +77,8 @@ class WorkOrderPolicy:
             "policy.rul_open": self.rul_open,
             "policy.rul_close": self.rul_close,
             "policy.hours_per_rul_unit": self.hours_per_rul_unit,
+            "policy.anomaly_open": self.anomaly_open,
+            "policy.anomaly_close": self.anomaly_close,
         }
         for name, value in numbers.items():
             # First: NaN fails every comparison below, so it would pass or be misnamed.
@@ -85,6 +95,15 @@ class WorkOrderPolicy:
                 raise PolicyInvalidError("policy.rul_open", "must be at least 0")
             if self.rul_close < self.rul_open:
                 raise PolicyInvalidError("policy.rul_close", "must be at least rul_open")
+        if (self.anomaly_open is None) != (self.anomaly_close is None):
+            raise PolicyInvalidError(
+                "policy.anomaly_close", "set both anomaly_open and anomaly_close"
+            )
+        if self.anomaly_open is not None and self.anomaly_close is not None:
+            if not 0.0 < self.anomaly_open <= 1.0:
+                raise PolicyInvalidError("policy.anomaly_open", "must be in (0, 1]")
+            if not 0.0 <= self.anomaly_close <= self.anomaly_open:
+                raise PolicyInvalidError("policy.anomaly_close", "must be in [0, anomaly_open]")
         if self.min_interval < timedelta(0):
             raise PolicyInvalidError("policy.min_interval", "must be at least 0")
         if self.horizon <= timedelta(0):
@@ -94,6 +113,10 @@ class WorkOrderPolicy:
 
     def triggers(self, prediction: Prediction) -> DecisionReason | None:
         """The reason this prediction calls for a work order, or ``None``."""
+        if prediction.anomaly_score is not None:
+            if self.anomaly_open is not None and prediction.anomaly_score >= self.anomaly_open:
+                return DecisionReason.ANOMALY_ABOVE_OPEN
+            return None
         if prediction.failure_probability >= self.p_open:
             return DecisionReason.PROBABILITY_ABOVE_OPEN
         if self.rul_open is not None and prediction.rul is not None:
@@ -103,6 +126,8 @@ class WorkOrderPolicy:
 
     def is_clear(self, prediction: Prediction) -> bool:
         """Whether this prediction is far enough from the threshold to re-arm the key."""
+        if prediction.anomaly_score is not None:
+            return self.anomaly_close is None or prediction.anomaly_score < self.anomaly_close
         if prediction.failure_probability >= self.p_close:
             return False
         if self.rul_close is not None and prediction.rul is not None:
@@ -122,7 +147,8 @@ class Prediction:
     """One prediction as the policy sees it.
 
     ``rul`` is in the asset type's RUL unit; ``input_digest`` names the feature window the
-    model read, so the work order can be traced back to its telemetry.
+    model read, so the work order can be traced back to its telemetry. ``anomaly_score`` is
+    set on a health model's predictions only (which estimate no failure risk).
     """
 
     id: str
@@ -135,6 +161,12 @@ class Prediction:
     top_sensors: tuple[str, ...] = ()
     input_digest: str = ""
     failure_mode: str = DEFAULT_FAILURE_MODE
+    anomaly_score: float | None = None
+
+    @property
+    def risk(self) -> float:
+        """What a work order opened from it carries as its risk."""
+        return self.failure_probability if self.anomaly_score is None else self.anomaly_score
 
 
 class DecisionKind(StrEnum):
@@ -150,6 +182,7 @@ class DecisionReason(StrEnum):
 
     PROBABILITY_ABOVE_OPEN = "PROBABILITY_ABOVE_OPEN"
     RUL_BELOW_OPEN = "RUL_BELOW_OPEN"
+    ANOMALY_ABOVE_OPEN = "ANOMALY_ABOVE_OPEN"
     ALREADY_OPEN = "ALREADY_OPEN"
     BELOW_THRESHOLD = "BELOW_THRESHOLD"
     HYSTERESIS = "HYSTERESIS"
@@ -206,7 +239,7 @@ def decide(
 ) -> Decision:
     """Decide what one prediction does, given the key's state before it."""
     at = prediction.at
-    risk = prediction.failure_probability
+    risk = prediction.risk
     due_at = policy.due_at(prediction)
 
     def decision(

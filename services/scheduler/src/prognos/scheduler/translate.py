@@ -31,7 +31,12 @@ from prognos.scheduler.domain import (
     WorkOrderState,
     WorkOrderUnplaced,
 )
-from prognos.scheduler.policy import DEFAULT_FAILURE_MODE, Prediction, WorkOrderPolicy
+from prognos.scheduler.policy import (
+    DEFAULT_FAILURE_MODE,
+    INSPECTION_FAILURE_MODE,
+    Prediction,
+    WorkOrderPolicy,
+)
 
 _STATES = {s: getattr(scheduler_pb2, f"WORK_ORDER_STATE_{s.value}") for s in WorkOrderState}
 STATE_NAMES = {v: k for k, v in _STATES.items()}
@@ -70,6 +75,14 @@ def prediction_from_proto(p: inference_pb2.Prediction) -> tuple[Prediction, Caus
             rul, unit = p.rul.cycles, "cycles"
     at = from_ts(p.time) if p.HasField("time") else datetime.now(UTC)
     top = tuple(s.channel for s in p.top_sensors)
+    anomaly = p.anomaly_score if p.HasField("anomaly_score") else None
+    if anomaly is not None:
+        # A health model's prediction asks for a look at the asset, whatever may fail.
+        mode = INSPECTION_FAILURE_MODE
+    else:
+        # A model of a type with failure modes names the most likely one (they come
+        # sorted), so "one open order per asset and failure mode" holds for every type.
+        mode = p.failure_modes[0].failure_mode if p.failure_modes else DEFAULT_FAILURE_MODE
     prediction = Prediction(
         id=p.prediction_id,
         asset_id=p.asset_id,
@@ -80,9 +93,8 @@ def prediction_from_proto(p: inference_pb2.Prediction) -> tuple[Prediction, Caus
         model_version=p.model_version,
         top_sensors=top,
         input_digest=p.input_digest,
-        # A model of a type with failure modes names the most likely one (they come sorted),
-        # so "one open order per asset and failure mode" holds for every type.
-        failure_mode=p.failure_modes[0].failure_mode if p.failure_modes else DEFAULT_FAILURE_MODE,
+        failure_mode=mode,
+        anomaly_score=anomaly,
     )
     cause = Cause(
         prediction_id=p.prediction_id,
@@ -93,6 +105,7 @@ def prediction_from_proto(p: inference_pb2.Prediction) -> tuple[Prediction, Caus
         top_sensors=top,
         rul=rul,
         rul_unit=unit,
+        anomaly_score=anomaly,
     )
     return prediction, cause
 
@@ -109,6 +122,8 @@ def cause_to_proto(cause: Cause) -> scheduler_pb2.PredictionRef:
     )
     if cause.rul is not None:
         ref.remaining_useful_life = cause.rul
+    if cause.anomaly_score is not None:
+        ref.anomaly_score = cause.anomaly_score
     return ref
 
 
@@ -290,6 +305,8 @@ def policy_from_proto(p: scheduler_pb2.WorkOrderPolicy) -> WorkOrderPolicy:
         ),
         horizon=p.horizon.ToTimedelta() if p.HasField("horizon") else default.horizon,
         hours_per_rul_unit=p.hours_per_cycle if p.hours_per_cycle else 1.0,
+        anomaly_open=p.open_anomaly_score if p.HasField("open_anomaly_score") else None,
+        anomaly_close=p.close_anomaly_score if p.HasField("close_anomaly_score") else None,
     )
 
 
@@ -303,6 +320,10 @@ def policy_to_proto(policy: WorkOrderPolicy) -> scheduler_pb2.WorkOrderPolicy:
         message.open_remaining_useful_life = policy.rul_open
     if policy.rul_close is not None:
         message.close_remaining_useful_life = policy.rul_close
+    if policy.anomaly_open is not None:
+        message.open_anomaly_score = policy.anomaly_open
+    if policy.anomaly_close is not None:
+        message.close_anomaly_score = policy.anomaly_close
     message.min_interval.FromTimedelta(policy.min_interval)
     message.horizon.FromTimedelta(policy.horizon)
     return message
@@ -325,6 +346,8 @@ def policy_to_document(policy: WorkOrderPolicy) -> dict[str, float | None]:
         "min_interval_s": policy.min_interval.total_seconds(),
         "horizon_s": policy.horizon.total_seconds(),
         "hours_per_rul_unit": policy.hours_per_rul_unit,
+        "anomaly_open": policy.anomaly_open,
+        "anomaly_close": policy.anomaly_close,
     }
 
 
@@ -337,6 +360,9 @@ def policy_from_document(d: dict[str, float | None]) -> WorkOrderPolicy:
         min_interval=timedelta(seconds=float(d["min_interval_s"])),  # type: ignore[arg-type]
         horizon=timedelta(seconds=float(d["horizon_s"])),  # type: ignore[arg-type]
         hours_per_rul_unit=float(d["hours_per_rul_unit"]),  # type: ignore[arg-type]
+        # Documents stored before health models had no anomaly rule.
+        anomaly_open=d.get("anomaly_open"),
+        anomaly_close=d.get("anomaly_close"),
     )
 
 

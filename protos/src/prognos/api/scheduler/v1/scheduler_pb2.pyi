@@ -346,6 +346,7 @@ class PredictionRef(_message.Message):
     TOP_SENSORS_FIELD_NUMBER: _builtins.int
     REMAINING_USEFUL_LIFE_FIELD_NUMBER: _builtins.int
     REMAINING_USEFUL_LIFE_UNIT_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
     prediction_id: _builtins.str
     """Identifier of the prediction (prognos.api.inference.v1.Prediction.prediction_id)."""
     model_version: _builtins.str
@@ -360,6 +361,10 @@ class PredictionRef(_message.Message):
     """
     remaining_useful_life_unit: _builtins.str
     """Unit of `remaining_useful_life`: "hours" or "cycles"."""
+    anomaly_score: _builtins.float
+    """The anomaly score it gave, when a health model made it (see
+    prognos.api.inference.v1.Prediction.anomaly_score); unset otherwise.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Time the prediction refers to."""
@@ -379,13 +384,19 @@ class PredictionRef(_message.Message):
         top_sensors: _abc.Iterable[_builtins.str] | None = ...,
         remaining_useful_life: _builtins.float | None = ...,
         remaining_useful_life_unit: _builtins.str = ...,
+        anomaly_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life", "remaining_useful_life", b"remaining_useful_life", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score", "_remaining_useful_life", b"_remaining_useful_life", "anomaly_score", b"anomaly_score", "remaining_useful_life", b"remaining_useful_life", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life", "failure_probability", b"failure_probability", "input_digest", b"input_digest", "model_version", b"model_version", "prediction_id", b"prediction_id", "remaining_useful_life", b"remaining_useful_life", "remaining_useful_life_unit", b"remaining_useful_life_unit", "time", b"time", "top_sensors", b"top_sensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score", "_remaining_useful_life", b"_remaining_useful_life", "anomaly_score", b"anomaly_score", "failure_probability", b"failure_probability", "input_digest", b"input_digest", "model_version", b"model_version", "prediction_id", b"prediction_id", "remaining_useful_life", b"remaining_useful_life", "remaining_useful_life_unit", b"remaining_useful_life_unit", "time", b"time", "top_sensors", b"top_sensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__anomaly_score: _TypeAlias = _typing.Literal["anomaly_score"]  # noqa: Y015
+    _WhichOneofArgType__anomaly_score: _TypeAlias = _typing.Literal["_anomaly_score", b"_anomaly_score"]  # noqa: Y015
     _WhichOneofReturnType__remaining_useful_life: _TypeAlias = _typing.Literal["remaining_useful_life"]  # noqa: Y015
     _WhichOneofArgType__remaining_useful_life: _TypeAlias = _typing.Literal["_remaining_useful_life", b"_remaining_useful_life"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anomaly_score) -> _WhichOneofReturnType__anomaly_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_useful_life) -> _WhichOneofReturnType__remaining_useful_life | None: ...
 
 Global___PredictionRef: _TypeAlias = PredictionRef  # noqa: Y015
@@ -496,7 +507,9 @@ class WorkOrder(_message.Message):
     state: Global___WorkOrderState.ValueType
     """Current state."""
     risk: _builtins.float
-    """Failure probability that justifies the job (0 to 1), from the latest prediction."""
+    """Failure probability that justifies the job (0 to 1), from the latest prediction; for
+    an inspection opened from a health model's prediction, its anomaly score.
+    """
     erp_order_number: _builtins.str
     """The ERP's order number; set once ACKNOWLEDGED."""
     cancel_reason: _builtins.str
@@ -1209,6 +1222,8 @@ class WorkOrderPolicy(_message.Message):
     MIN_INTERVAL_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
     HOURS_PER_CYCLE_FIELD_NUMBER: _builtins.int
+    OPEN_ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
+    CLOSE_ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
     open_probability: _builtins.float
     """Failure probability (0 < p <= 1) at or above which a prediction opens a work order."""
     close_probability: _builtins.float
@@ -1225,6 +1240,16 @@ class WorkOrderPolicy(_message.Message):
     hours_per_cycle: _builtins.float
     """Operating hours of one cycle, to turn a remaining useful life in cycles into a due
     time; 0 means 1 (remaining useful life in hours).
+    """
+    open_anomaly_score: _builtins.float
+    """Anomaly score (0 < s <= 1) at or above which a health model's prediction (one with
+    prognos.api.inference.v1.Prediction.anomaly_score) opens an inspection work order,
+    failure mode "inspection", due `horizon` after the prediction, its risk the anomaly
+    score; unset for no such rule. Set both or neither of the two anomaly score fields.
+    """
+    close_anomaly_score: _builtins.float
+    """Anomaly score (0 <= s <= open_anomaly_score) below which a health model's prediction is
+    clear.
     """
     @_builtins.property
     def min_interval(self) -> _duration_pb2.Duration:
@@ -1246,17 +1271,27 @@ class WorkOrderPolicy(_message.Message):
         min_interval: _duration_pb2.Duration | None = ...,
         horizon: _duration_pb2.Duration | None = ...,
         hours_per_cycle: _builtins.float = ...,
+        open_anomaly_score: _builtins.float | None = ...,
+        close_anomaly_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "min_interval", b"min_interval", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_close_anomaly_score", b"_close_anomaly_score", "_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_anomaly_score", b"_open_anomaly_score", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_anomaly_score", b"close_anomaly_score", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "min_interval", b"min_interval", "open_anomaly_score", b"open_anomaly_score", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_probability", b"close_probability", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "hours_per_cycle", b"hours_per_cycle", "min_interval", b"min_interval", "open_probability", b"open_probability", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_close_anomaly_score", b"_close_anomaly_score", "_close_remaining_useful_life", b"_close_remaining_useful_life", "_open_anomaly_score", b"_open_anomaly_score", "_open_remaining_useful_life", b"_open_remaining_useful_life", "close_anomaly_score", b"close_anomaly_score", "close_probability", b"close_probability", "close_remaining_useful_life", b"close_remaining_useful_life", "horizon", b"horizon", "hours_per_cycle", b"hours_per_cycle", "min_interval", b"min_interval", "open_anomaly_score", b"open_anomaly_score", "open_probability", b"open_probability", "open_remaining_useful_life", b"open_remaining_useful_life"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__close_anomaly_score: _TypeAlias = _typing.Literal["close_anomaly_score"]  # noqa: Y015
+    _WhichOneofArgType__close_anomaly_score: _TypeAlias = _typing.Literal["_close_anomaly_score", b"_close_anomaly_score"]  # noqa: Y015
     _WhichOneofReturnType__close_remaining_useful_life: _TypeAlias = _typing.Literal["close_remaining_useful_life"]  # noqa: Y015
     _WhichOneofArgType__close_remaining_useful_life: _TypeAlias = _typing.Literal["_close_remaining_useful_life", b"_close_remaining_useful_life"]  # noqa: Y015
+    _WhichOneofReturnType__open_anomaly_score: _TypeAlias = _typing.Literal["open_anomaly_score"]  # noqa: Y015
+    _WhichOneofArgType__open_anomaly_score: _TypeAlias = _typing.Literal["_open_anomaly_score", b"_open_anomaly_score"]  # noqa: Y015
     _WhichOneofReturnType__open_remaining_useful_life: _TypeAlias = _typing.Literal["open_remaining_useful_life"]  # noqa: Y015
     _WhichOneofArgType__open_remaining_useful_life: _TypeAlias = _typing.Literal["_open_remaining_useful_life", b"_open_remaining_useful_life"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__close_anomaly_score) -> _WhichOneofReturnType__close_anomaly_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__close_remaining_useful_life) -> _WhichOneofReturnType__close_remaining_useful_life | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_anomaly_score) -> _WhichOneofReturnType__open_anomaly_score | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_remaining_useful_life) -> _WhichOneofReturnType__open_remaining_useful_life | None: ...
 
@@ -1402,7 +1437,8 @@ class PolicyDecision(_message.Message):
     kind: Global___PolicyDecisionKind.ValueType
     """What it did."""
     reason: _builtins.str
-    """Why, for programs: for OPEN the trigger (PROBABILITY_ABOVE_OPEN, RUL_BELOW_OPEN); for
+    """Why, for programs: for OPEN the trigger (PROBABILITY_ABOVE_OPEN, RUL_BELOW_OPEN,
+    ANOMALY_ABOVE_OPEN); for
     UPDATE, ALREADY_OPEN; for NONE, BELOW_THRESHOLD, HYSTERESIS (not clear since the last
     work order opened), MIN_INTERVAL, OUT_OF_ORDER (older than a prediction already
     decided) or SHADOW (a challenger model's prediction, never acted on).
@@ -1410,7 +1446,7 @@ class PolicyDecision(_message.Message):
     detail: _builtins.str
     """The reason in words."""
     risk: _builtins.float
-    """The prediction's failure probability."""
+    """The prediction's failure probability (a health model's: its anomaly score)."""
     work_order_id: _builtins.str
     """The work order opened or updated; empty for NONE."""
     model_version: _builtins.str

@@ -377,6 +377,7 @@ def train_command(spec: dict[str, Any], emit: Emit, cancelled: threading.Event) 
         "hyperparameters": {
             **effective_hyperparameters(config, evaluation, data_params),
             **({"families": ",".join(families)} if selection is not None else {}),
+            "model_kind": "supervised",
         },
         "label_set": loaded.label_set,
     }

@@ -258,7 +258,10 @@ def asset_type() -> ingest_pb2.AssetType:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def service(ingest_module: tuple[EmbeddedNats, Any]) -> Any:
-    """The shared ingest process, with the compressor type and an asset per case."""
+    """The shared ingest process, with the compressor type and two assets per case.
+
+    ``m-<i>`` is case ``i``'s own asset; ``q-<i>`` is the quarantine test's copy of it.
+    """
     _, process = ingest_module
     async with open_channel(process.info, "ingest", role="admin") as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
@@ -272,6 +275,12 @@ async def service(ingest_module: tuple[EmbeddedNats, Any]) -> Any:
                         asset_id=f"m-{i}", plant="p", asset_type="compressor"
                     )
                     for i in range(len(CASES) + 10)
+                ]
+                + [
+                    ingest_pb2.RegisterAssetRequest(
+                        asset_id=f"q-{i}", plant="p", asset_type="compressor"
+                    )
+                    for i in range(len(CASES))
                 ]
             ),
             timeout=30,
@@ -294,16 +303,26 @@ async def stream(process: Any, batches: list[Any]) -> tuple[list[Any], grpc.aio.
     return receipts, None
 
 
+async def send_case(
+    process: Any, case: Case, asset_id: str, batch_prefix: str = "b"
+) -> tuple[Any, list[Any], grpc.aio.AioRpcError | None]:
+    """A good batch, then the same spoilt by ``case``, on one stream to ``asset_id``.
+
+    Returns the bad batch, the receipts and the error that ended the stream if any.
+    """
+    start = _now() - 600 * S
+    first = good_batch(f"{batch_prefix}0", asset_id, start)
+    bad = good_batch(f"{batch_prefix}1", asset_id, start + ROWS * S)
+    case.spoil(bad)
+    receipts, error = await stream(process, [first, bad])
+    return bad, receipts, error
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_a_bad_batch_is_rejected_by_field_or_quarantined_with_its_reason(
     service: Any, case: Case
 ) -> None:
-    asset_id = f"m-{CASES.index(case)}"
-    start = _now() - 600 * S
-    first = good_batch("b0", asset_id, start)
-    bad = good_batch("b1", asset_id, start + ROWS * S)
-    case.spoil(bad)
-    receipts, error = await stream(service, [first, bad])
+    bad, receipts, error = await send_case(service, case, f"m-{CASES.index(case)}")
 
     assert receipts[0].batch_id == "b0"
     assert receipts[0].accepted_count == 2 * ROWS
@@ -417,8 +436,13 @@ async def test_bad_lines_of_an_uploaded_file_are_quarantined_and_good_ones_store
 
 
 async def test_the_quarantine_lists_and_counts_what_was_kept_out(service: Any) -> None:
-    expected = {(f"m-{i}", reason) for i, case in enumerate(CASES) for reason in case.reasons}
-    expected = {(a, r) for a, r in expected if a != f"m-{_index('unknown asset')}"}
+    # Every case that is stored minus its bad readings, again, to assets of this test's own.
+    stored = [(i, case) for i, case in enumerate(CASES) if case.reasons]
+    for i, case in stored:
+        _, _, error = await send_case(service, case, f"q-{i}", batch_prefix="q")
+        assert error is None, (case.name, error)
+    expected = {(f"q-{i}", reason) for i, case in stored for reason in case.reasons}
+    expected = {(a, r) for a, r in expected if a != f"q-{_index('unknown asset')}"}
     expected.add(("no-such-machine", R.QUARANTINE_REASON_UNKNOWN_ASSET))
 
     async def listed() -> None:
@@ -435,7 +459,7 @@ async def test_the_quarantine_lists_and_counts_what_was_kept_out(service: Any) -
     async with open_channel(service.info, "ingest", role="gateway") as channel:
         only_late = await ingest_pb2_grpc.IngestServiceStub(channel).ListQuarantine(
             ingest_pb2.ListQuarantineRequest(
-                asset_id=f"m-{_index('timestamps too late')}",
+                asset_id=f"q-{_index('timestamps too late')}",
                 reason=R.QUARANTINE_REASON_LATE,
             ),
             timeout=10,

@@ -13,12 +13,13 @@ Precedence, highest first:
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 SERVICES = ("ingest", "registry", "inference", "scheduler")
@@ -162,7 +163,9 @@ class Settings(BaseSettings):
     # newer data exists; a drift alert retrains at once, but at most once per
     # drift_retrain_min_interval_s per asset type. A type whose data holds fewer than
     # supervised_min_failures confirmed failures gets a health model (anomaly score) trained
-    # on its normal operation; from that many on, the supervised model.
+    # on its normal operation; from that many on, the supervised model. A run's
+    # hyper-parameters default to training_hyperparameters (names as `prognos train
+    # --param` takes them; in the environment a JSON object), then to the trainer's own.
     artifact_dir: Path | None = Field(
         default=None, description="Root of the registry's content-addressed artifact store"
     )
@@ -171,6 +174,7 @@ class Settings(BaseSettings):
     retrain_period_s: float = 86400.0
     drift_retrain_min_interval_s: float = 3600.0
     supervised_min_failures: int = 5
+    training_hyperparameters: dict[str, str] = Field(default_factory=dict)
     # Inference live scoring: each asset keeps its newest inference_history_rows readings
     # (at least the model's window); assets whose window changed are scored together in a
     # micro-batch that closes at inference_batch_size assets or inference_batch_deadline_s
@@ -222,6 +226,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         service = init_settings.init_kwargs.get("service", "prognos")  # type: ignore[attr-defined]
         return (init_settings, _LayeredSource(settings_cls, service))
+
+    @field_validator("training_hyperparameters", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        # The environment holds text; a TOML file or a caller, a table.
+        return json.loads(value) if isinstance(value, str) else value
 
     @classmethod
     def load(cls, service: str, **overrides: Any) -> Self:

@@ -459,7 +459,7 @@ class TrainingRunner:
         spec = {
             "run_id": run.id,
             "asset_type": run.asset_type,
-            "hyperparameters": run.hyperparameters,
+            "hyperparameters": {**self._settings.training_hyperparameters, **run.hyperparameters},
             "horizon_cycles": horizon,
             "asset_type_file": asset_type_file,
             "source": source,

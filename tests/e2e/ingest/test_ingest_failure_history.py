@@ -9,6 +9,7 @@ quarantines the others under their reasons. The same file imported again records
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -183,6 +184,7 @@ async def test_a_failure_history_records_good_rows_once_and_quarantines_bad_ones
     assert result.exit_code == 0, result.output
     out = result.output
     assert _table_rows(out) == {
+        "content hash": "sha256:" + hashlib.sha256(history.read_bytes()).hexdigest(),
         "rows read": "7",
         "labels recorded": "3",
         "labels recorded before": "0",

@@ -10,14 +10,13 @@ is SIGKILLed every asset still gets predictions.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import time
 from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from prognos.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -38,9 +37,13 @@ FLEET = sim.live_fleet(ASSETS, seed=31, prefix="plant-1/engine")
 IDS = {a.asset_id for a in FLEET}
 
 
-async def test_every_asset_is_scored_and_a_promotion_fails_no_request(
-    fleet: Fleet, watcher: Watcher, model_dirs: list[Path]
-) -> None:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def scored(fleet: Fleet, watcher: Watcher, model_dirs: list[Path]) -> None:
+    """The fleet's engines registered, ``turbofan-v1`` champion, and every engine scored.
+
+    Each engine gets a window's worth of readings, so a replica that rebuilds its windows
+    from the stream finds them whole.
+    """
     async with open_channel(fleet.info, "ingest", role="ml-engineer") as channel:
         await ingest_pb2_grpc.IngestServiceStub(channel).RegisterAssetType(
             ingest_pb2.RegisterAssetTypeRequest(asset_type=sim.asset_type_proto(TYPE)), timeout=10
@@ -67,10 +70,21 @@ async def test_every_asset_is_scored_and_a_promotion_fails_no_request(
 
     async with open_channel(fleet.info, "ingest", role="gateway") as channel:
         gateway = Gateway(channel)
-        await send_round(gateway, FLEET, rows=35)
-        await assert_eventually(
-            lambda: all(watcher.latest(a) for a in IDS), timeout=60, message="all 500 scored"
-        )
+        try:
+            await send_round(gateway, FLEET, rows=35)
+        finally:
+            await gateway.close()
+        assert not gateway.errors
+    await assert_eventually(
+        lambda: all(watcher.latest(a) for a in IDS), timeout=60, message="all 500 scored"
+    )
+
+
+async def test_every_asset_is_scored_and_a_promotion_fails_no_request(
+    fleet: Fleet, watcher: Watcher, model_dirs: list[Path], scored: None
+) -> None:
+    async with open_channel(fleet.info, "ingest", role="gateway") as channel:
+        gateway = Gateway(channel)
         for asset_id in IDS:
             p = watcher.latest(asset_id)
             assert p is not None and p.model_version == "turbofan-v1"
@@ -129,7 +143,7 @@ async def test_every_asset_is_scored_and_a_promotion_fails_no_request(
 
 
 async def test_a_second_replica_takes_over_part_and_a_killed_one_leaves_no_asset_behind(
-    fleet: Fleet, watcher: Watcher
+    fleet: Fleet, watcher: Watcher, scored: None
 ) -> None:
     stop = asyncio.Event()
     async with open_channel(fleet.info, "ingest", role="gateway") as channel:
@@ -143,7 +157,7 @@ async def test_a_second_replica_takes_over_part_and_a_killed_one_leaves_no_asset
         try:
             second = fleet.start_replica("inference-2")
 
-            async def split() -> None:
+            async def split() -> str:
                 assert second.process.poll() is None, second.log.read_text()[-2000:]
                 first_state = await serving_state(fleet.info)
                 second_state = await serving_state(second.run_info)
@@ -151,8 +165,9 @@ async def test_a_second_replica_takes_over_part_and_a_killed_one_leaves_no_asset
                 taken = {w.asset_id for w in second_state.windows if not w.rebuilding}
                 assert len(first_state.replicas) == len(second_state.replicas) == 2
                 assert taken and first and not first & taken and first | taken == IDS
+                return first_state.replica_id
 
-            await assert_eventually(
+            original = await assert_eventually(
                 split,
                 timeout=90,
                 interval=0.5,
@@ -160,17 +175,17 @@ async def test_a_second_replica_takes_over_part_and_a_killed_one_leaves_no_asset
                 retry_on=(AssertionError, grpc.aio.AioRpcError),  # until it listens
             )
 
-            # SIGKILL the replica the launcher started: it never says goodbye.
-            (original,) = [s for s in fleet.info.services if s.name == "inference"]
+            # SIGKILL the second replica: it never says goodbye. The launcher's replica takes
+            # its assets back, and serves on for the module's other test.
             killed_at = time.monotonic()
-            os.kill(original.pid, signal.SIGKILL)
+            second.kill()
             await assert_eventually(
                 lambda: all(watcher.seen_since(a, killed_at + 0.5) for a in IDS),
                 timeout=90,
                 message="every asset scored after the kill",
             )
-            state = await serving_state(second.run_info)
-            assert [r.replica_id for r in state.replicas] == ["inference-2"]
+            state = await serving_state(fleet.info)
+            assert [r.replica_id for r in state.replicas] == [original]
             assert {w.asset_id for w in state.windows} == IDS
             # The windows came back whole: rebuilt from the stream, not just new rows.
             short = [(w.asset_id, w.rows, w.rebuilding) for w in state.windows if w.rows < 30]

@@ -34,6 +34,8 @@ from prognos.registry.training.models import (
 
 ARCHITECTURE = "gbt"
 SUMMARIES: tuple[str, ...] = ("last", "mean", "std", "slope", "min", "max")
+#: Summaries are rounded to 1/1024 of a standard deviation of their column.
+FEATURE_GRID = 1024.0
 #: Rows per call when computing training features.
 _FEATURE_BATCH = 4096
 
@@ -44,7 +46,8 @@ class WindowFeatures(layers.Layer):
 
     A missing value (NaN, a gap beyond the carry-forward limit) reads as 0, the training
     mean after normalisation, as the networks' inputs do. The slope is per row of the
-    window, by least squares.
+    window, by least squares. Every summary is rounded to ``1 / FEATURE_GRID``, so that
+    TensorFlow and LiteRT, which sum in different orders, give the trees the same numbers.
     """
 
     def __init__(self, window: int, **kwargs: Any) -> None:
@@ -59,11 +62,16 @@ class WindowFeatures(layers.Layer):
         x = ops.where(ops.isnan(x), ops.zeros_like(x), x)
         last = x[:, -1, :]
         mean = ops.mean(x, axis=1)
-        spread = ops.sqrt(ops.relu(ops.mean(x * x, axis=1) - mean * mean))
+        centred = x - mean[:, None, :]
+        spread = ops.sqrt(ops.mean(centred * centred, axis=1))
         slope = ops.einsum("bwf,w->bf", x, ops.convert_to_tensor(self._slope))
         low = ops.min(x, axis=1)
         high = ops.max(x, axis=1)
-        return ops.concatenate([last, mean, spread, slope, low, high], axis=-1)
+        summaries = ops.concatenate([last, mean, spread, slope, low, high], axis=-1)
+        # On a grid (a power of two: exact in float32) the runtimes' last-bit differences in
+        # a mean or a sum vanish, and every split, which falls between two grid points, sees
+        # the same value in TensorFlow and LiteRT.
+        return ops.floor(summaries * FEATURE_GRID + 0.5) / FEATURE_GRID
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "window": self.window}

@@ -7,7 +7,7 @@ import prognos.core.grpc_io  # noqa: F401  (first: it sets gRPC's I/O before grp
 # isort: split
 import typer
 
-from prognos.cli import audit, certs, failures, launcher, tokens, traces
+from prognos.cli import ai4i, audit, certs, failures, launcher, tokens, traces
 from prognos.cli import ingest as ingest_commands
 from prognos.cli import models as model_commands
 from prognos.cli import training as training_commands
@@ -28,6 +28,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(traces.app, name="trace")
 app.command("ingest")(ingest_commands.ingest)
 ingest_commands.import_app.command("failures")(failures.import_failures)
+ingest_commands.import_app.command("ai4i")(ai4i.import_ai4i)
 app.add_typer(ingest_commands.import_app, name="import")
 app.command("quarantine")(ingest_commands.quarantine)
 app.add_typer(ingest_commands.snapshot_app, name="snapshot")

@@ -42,6 +42,7 @@ TINY = [
     "holdout_units=3",
     "truncations=2",
     "verification_samples=16",
+    "folds=2",
 ]
 
 

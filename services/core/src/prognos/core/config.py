@@ -13,6 +13,7 @@ Precedence, highest first:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -89,8 +90,9 @@ class Settings(BaseSettings):
         default=None, description="host:port of inference (any replica)"
     )
     scheduler_address: str | None = Field(default=None, description="host:port of the scheduler")
-    # Access control. No token key means every caller may call every RPC (a WARNING says
-    # so at start-up); `prognos up` creates development keys and certificates and sets these.
+    # Access control. A service refuses to start without TLS files and a token key unless
+    # insecure_development is set (loopback only, with a WARNING); `prognos up` creates
+    # development keys and certificates and sets these.
     auth_public_key_file: Path | None = Field(
         default=None, description="Ed25519 public key (PEM) that verifies callers' tokens"
     )
@@ -102,6 +104,10 @@ class Settings(BaseSettings):
         default=None, description="This process's certificate chain (PEM), server and client"
     )
     tls_key_file: Path | None = Field(default=None, description="Private key of tls_cert_file")
+    insecure_development: bool = Field(
+        default=False,
+        description="Serve without TLS or token checks, on loopback only; never in production",
+    )
     # Audit anchoring: chain heads go to the immutable AUDIT stream after audited writes and
     # at least every anchor_interval_s; signed checkpoints every checkpoint_interval_s.
     audit_signing_key_file: Path | None = Field(
@@ -273,6 +279,28 @@ class Settings(BaseSettings):
     def tls_enabled(self) -> bool:
         """Whether this process serves and calls over mutual TLS."""
         return bool(self.tls_cert_file and self.tls_key_file and self.tls_ca_file)
+
+    @property
+    def missing_security(self) -> list[str]:
+        """The security settings a serving process lacks, as their environment variables."""
+        wanted = {
+            "PROGNOS_TLS_CERT_FILE": self.tls_cert_file,
+            "PROGNOS_TLS_KEY_FILE": self.tls_key_file,
+            "PROGNOS_TLS_CA_FILE": self.tls_ca_file,
+            "PROGNOS_AUTH_PUBLIC_KEY_FILE": self.auth_public_key_file,
+        }
+        return [name for name, value in wanted.items() if not value]
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        """Whether ``grpc_host`` is a loopback address (127.0.0.0/8, ``::1``, ``localhost``)."""
+        host = self.grpc_host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def secrets_dir(self) -> Path:

@@ -7,9 +7,11 @@ the gRPC server, and stops them in order: NOT_SERVING, stop consuming, finish th
 drain gRPC, drain NATS, dispose the engine, flush spans.
 
 Every service gets the same security and audit plumbing here, with no code of its own:
-mutual TLS when ``tls_*`` files are configured, the token and role check of every RPC
-when ``auth_public_key_file`` is (denials audited in the service's chain), ``AuditService``
-over its chain, and the anchor that publishes the chain's head to the ``AUDIT`` stream.
+mutual TLS from the ``tls_*`` files, the token and role check of every RPC with
+``auth_public_key_file`` (denials audited in the service's chain), ``AuditService`` over
+its chain, and the anchor that publishes the chain's head to the ``AUDIT`` stream. It
+fails closed: without those files a service refuses to start, unless
+``insecure_development`` says it runs for development on loopback (``require_security``).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ async def serve(
         translators: domain exceptions and the ``PrognosError`` each becomes at the edge.
         server_options: extra grpc server options (for example flow-control windows).
     """
+    require_security(settings)
     telemetry.setup(settings)
     if not settings.nats_url:
         raise SystemExit(
@@ -180,6 +183,42 @@ async def serve(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     telemetry.shutdown()
+
+
+def require_security(settings: Settings) -> None:
+    """Refuse to serve without TLS files and a token key, unless told it runs for development.
+
+    ``insecure_development`` lets a process serve without them, and is refused itself unless
+    the process listens on loopback only; when honoured, a WARNING says so.
+
+    Args:
+        settings: Uses ``tls_*``, ``auth_public_key_file``, ``insecure_development`` and
+            ``grpc_host``.
+
+    Raises:
+        SystemExit: With a message naming what is missing, or why development mode is refused.
+    """
+    missing = settings.missing_security
+    if settings.insecure_development:
+        if not settings.listens_on_loopback:
+            raise SystemExit(
+                f"{settings.service}: refusing to start: PROGNOS_INSECURE_DEVELOPMENT is "
+                f"allowed on loopback only (127.0.0.1, ::1, localhost), but PROGNOS_GRPC_HOST "
+                f"is {settings.grpc_host!r}; configure TLS and a token key instead"
+            )
+        log.warning(
+            "%s: INSECURE DEVELOPMENT MODE (PROGNOS_INSECURE_DEVELOPMENT): serving on "
+            "loopback only%s; never run like this in production",
+            settings.service,
+            f", without {', '.join(missing)}" if missing else "",
+        )
+        return
+    if missing:
+        raise SystemExit(
+            f"{settings.service}: refusing to start without TLS and a token key: "
+            f"{', '.join(missing)} not set. `prognos up` creates development ones; "
+            "for development on loopback without them, set PROGNOS_INSECURE_DEVELOPMENT=true"
+        )
 
 
 def access_interceptors(

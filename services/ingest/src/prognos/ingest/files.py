@@ -43,6 +43,7 @@ from prognos.ingest.formats import (
     read_json_lines,
 )
 from prognos.ingest.intake import MSG_ID, Pending, RawBatch, now_us, quarantine_subject
+from prognos.ingest.units import UnknownUnitError, check_unit
 
 if TYPE_CHECKING:
     from prognos.core.store import EventStore
@@ -212,6 +213,12 @@ class FileImporter:
                     (f"header.columns[{i}].channel", f"not a channel of {spec.name!r}")
                 )
                 continue
+            if column.unit:
+                try:
+                    check_unit(column.unit)
+                except UnknownUnitError as e:
+                    violations.append((f"header.columns[{i}].unit", str(e)))
+                    continue
             channels.append(
                 ChannelColumn(column.column, column.channel, column.unit or channel.unit)
             )

@@ -28,6 +28,7 @@ from prognos.ingest.translate import (
     snapshot_to_proto,
     spec_to_proto,
 )
+from prognos.ingest.units import check_spec_units
 
 if TYPE_CHECKING:
     from prognos.core.store import UnitOfWork
@@ -77,6 +78,7 @@ async def register_asset_type(uow: UnitOfWork, command: RegisterAssetType) -> in
     if await _load(uow, command.spec.name) is not None:
         raise AlreadyExistsError("asset_type", command.spec.name)
     asset_type = AssetType.register(command.spec)
+    check_spec_units(command.spec)
     await _save(uow, asset_type, 0)
     return asset_type.version
 
@@ -93,6 +95,7 @@ async def update_asset_type(uow: UnitOfWork, command: UpdateAssetType) -> int:
             asset_type.version,
         )
     asset_type.update(command.spec)
+    check_spec_units(command.spec)
     await _save(uow, asset_type, command.expected_version)
     return asset_type.version
 

@@ -25,7 +25,7 @@ __all__ = [
     "registry",
 ]
 
-_MAX_UNIT_LENGTH = 100
+_MAX_UNIT_LENGTH = 64
 _MAX_EXPONENT = 4
 
 # Spellings seen on plant gateways that pint reads differently or not at all. Matched as whole
@@ -82,6 +82,104 @@ class UnitMismatchError(ValueError):
         self.description = description
 
 
+# The unit grammar, checked before pint sees a unit. pint evaluates arithmetic in unit strings
+# ("9**9**9" computes a number of hundreds of millions of digits), so untrusted text may reach
+# it only as names, products, quotients and small integer powers:
+#   expression := factor (("*" | "·" | "/" | " ") factor)*
+#   factor     := (name | "1" | "(" expression ")") [("**" | "^") integer | superscript]
+_GRAMMAR_RULE = (
+    "a unit is unit names joined by '*', '·', '/' or spaces, with integer powers from "
+    f"-{_MAX_EXPONENT} to {_MAX_EXPONENT} ('**2', '^-1', '²'); '1' may stand for no unit, "
+    "and no other number is allowed"
+)
+_SYMBOLS = "°℃℉º%"
+_SUPERSCRIPTS = {"¹": 1, "²": 2, "³": 3, "⁴": 4}
+# Superscripts, subscripts and vulgar fractions count as word characters to ``\w``, and pint
+# reads some of them as numbers: they may appear only as the powers above.
+_NOT_IN_NAMES = "\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u218f"
+_NAME_START = rf"(?![{_NOT_IN_NAMES}])(?:[^\W\d]|[{_SYMBOLS}])"
+_NAME_CHAR = rf"(?:(?![{_NOT_IN_NAMES}])(?:\w|[{_SYMBOLS}]))"
+_LEXEME = re.compile(
+    rf"(?P<space>\s+)"
+    rf"|(?P<name>{_NAME_START}{_NAME_CHAR}*)"
+    rf"|(?P<power>\*\*|\^)\s*(?P<exponent>[+-]?\d+)"
+    rf"|(?P<superscript>⁻?[{''.join(_SUPERSCRIPTS)}])"
+    rf"|(?P<number>\d+(?:\.\d*)?)"
+    rf"|(?P<operator>[*·/()])"
+)
+
+
+def _refuse(unit: str, at: str, why: str) -> UnknownUnitError:
+    return UnknownUnitError(unit, f"is not a unit expression ({why} at {at!r}): {_GRAMMAR_RULE}")
+
+
+def _check_grammar(unit: str) -> None:
+    """Raise ``UnknownUnitError`` unless ``unit`` follows the unit grammar.
+
+    Recognises the whole string before anything evaluates it, so its cost is linear in a
+    string whose length is already bounded.
+    """
+    depth = 0
+    expect_factor = True  # at the start, after an operator or "("
+    powered = False  # the factor just read already has its power
+    previous, previous_end = "", -1
+    position = 0
+    while position < len(unit):
+        lexeme = _LEXEME.match(unit, position)
+        if lexeme is None:
+            raise _refuse(unit, unit[position], "a character no unit uses")
+        position = lexeme.end()
+        kind, text = lexeme.lastgroup, lexeme.group()
+        if kind == "space":
+            continue
+        if kind == "exponent":
+            kind = "power"
+        if (
+            kind in ("name", "number")
+            and previous in ("number", "power", "superscript")
+            and lexeme.start() == previous_end
+        ):
+            # pint would read "1e9" or "m**2e5" as a number in scientific notation.
+            raise _refuse(unit, text, "a name or number run into a number")
+        previous, previous_end = kind, position
+        if kind not in ("power", "superscript"):
+            powered = False
+        if kind in ("name", "number"):
+            if kind == "number" and text != "1":
+                raise _refuse(unit, text, "a number where a unit name belongs")
+            expect_factor = False  # a factor right after another is a product ("newton meter")
+        elif kind == "operator" and text == "(":
+            depth += 1
+            expect_factor = True
+        elif kind == "operator" and text == ")":
+            if expect_factor or depth == 0:
+                raise _refuse(unit, text, "an unbalanced or empty parenthesis")
+            depth -= 1
+        elif kind == "operator":
+            if expect_factor:
+                raise _refuse(unit, text, "an operator without a unit before it")
+            expect_factor = True
+        else:  # a power, which must follow a factor and be followed by an operator or the end
+            if expect_factor:
+                raise _refuse(unit, text, "a power without a unit before it")
+            if powered:
+                raise _refuse(unit, text, "a power of a power")
+            powered = True
+            exponent = (
+                int(lexeme.group("exponent"))
+                if kind == "power"
+                else -_SUPERSCRIPTS[text[-1]]
+                if text.startswith("⁻")
+                else _SUPERSCRIPTS[text]
+            )
+            if abs(exponent) > _MAX_EXPONENT:
+                raise _refuse(unit, text, f"a power beyond {_MAX_EXPONENT}")
+    if expect_factor:
+        raise _refuse(unit, unit[-1:], "an expression that ends without a unit")
+    if depth:
+        raise _refuse(unit, "(", "an unbalanced or empty parenthesis")
+
+
 def _rewrite_aliases(text: str) -> str:
     for old, new in _TEXT_ALIASES:
         text = text.replace(old, new)
@@ -109,9 +207,14 @@ def _parse(unit: str) -> pint.Unit:
     if not isinstance(unit, str) or not unit.strip():
         raise UnknownUnitError(str(unit), "is empty: name a unit, or '1' for a pure number")
     if len(unit) > _MAX_UNIT_LENGTH:
-        raise UnknownUnitError(unit[:_MAX_UNIT_LENGTH] + "...", "is too long to be a unit")
+        raise UnknownUnitError(
+            unit[:_MAX_UNIT_LENGTH] + "...",
+            f"is too long to be a unit: at most {_MAX_UNIT_LENGTH} characters",
+        )
+    unit = unit.strip()
+    _check_grammar(unit)
     try:
-        parsed = registry().parse_units(unit.strip())
+        parsed = registry().parse_units(unit)
     # pint's expression parser raises assorted types (PintError, ValueError, AssertionError,
     # tokenize.TokenError, ...) on malformed text; all of them mean "not a unit".
     except Exception as e:

@@ -3,8 +3,12 @@
 Integration events leave a service only through its outbox. The relay publishes outbox rows
 in order with ``Nats-Msg-Id`` set to the message id and marks them published once JetStream
 has acknowledged them; a crash between the two re-publishes, and JetStream drops the
-duplicate. Consumers pull from durable consumers with explicit acks and record every
-processed message id in the same transaction as its effect, so a redelivery is harmless.
+duplicate. A message the server refuses for good (larger than its max_payload, say) is
+dead-lettered instead of retried forever: its row is kept with the reason and audited, and a
+small record (never the payload) goes to ``<service>.outbox.dead_lettered``.
+
+Consumers pull from durable consumers with explicit acks and record every processed message
+id in the same transaction as its effect, so a redelivery is harmless.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import asyncio
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats
 from google.protobuf.message import DecodeError
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.api.common.v1.envelope_pb2 import Envelope, OutboxMessageDeadLettered
 from prognos.core.context import reset_actor, set_actor
 from prognos.core.telemetry import extract_context
 
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from prognos.core.config import Settings
-    from prognos.core.store import EventStore, UnitOfWork
+    from prognos.core.store import EventStore, OutboxMessage, UnitOfWork
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("prognos.core.bus")
@@ -81,6 +87,37 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: list[str] | N
         await js.stream_info(name)
     except NotFoundError:
         await js.add_stream(config)
+
+
+#: JetStream's error code for a message larger than the stream's max_msg_size.
+_JS_MESSAGE_TOO_LARGE = 10054
+
+
+def dead_letter_subject(service: str) -> str:
+    """Where a service's relay reports the outbox messages it dead-lettered.
+
+    Under the service's own subjects, so its stream keeps the records.
+    """
+    return f"{service}.outbox.dead_lettered"
+
+
+def _wire_size(message: OutboxMessage) -> int:
+    """Bytes the server counts against max_payload: the headers block and the payload."""
+    if not message.headers:
+        return len(message.payload)
+    headers = sum(len(k) + len(v) + 4 for k, v in message.headers.items())  # "k: v\r\n"
+    return len(b"NATS/1.0\r\n") + headers + 2 + len(message.payload)
+
+
+def _permanent_refusal(error: BaseException) -> str | None:
+    """Why the server will refuse this message on every retry too; None when it may not."""
+    if isinstance(error, MaxPayloadError):
+        return "larger than the server's max_payload"
+    if isinstance(error, APIError) and (
+        error.err_code == _JS_MESSAGE_TOO_LARGE or isinstance(error, BadRequestError)
+    ):
+        return f"refused by JetStream: {error.description} (error code {error.err_code})"
+    return None
 
 
 class _CrashPoint:
@@ -135,6 +172,7 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self.dead_lettered = 0
         store.on_commit.append(self.notify)
 
     def notify(self) -> None:
@@ -142,24 +180,126 @@ class OutboxRelay:
         self._wake.set()
 
     async def relay_once(self) -> int:
-        """Publish one batch of unpublished messages; returns how many were published."""
+        """Publish one batch of unpublished messages; returns how many it settled.
+
+        Settled means published, or dead-lettered when the server refuses a message for good.
+        A transient failure (no connection, a timeout) is raised after the rest of the batch
+        is settled, and the messages it hit are retried.
+        """
         pending = await self._store.unpublished(self._batch_size)
         if not pending:
             return 0
+        # nats-py checks the payload alone against the server's max_payload, and a message
+        # over it leaks the JetStream publisher's pending slot; the server counts headers too.
+        max_payload = self._js._nc.max_payload
+        sent: list[tuple[int, OutboxMessage]] = []
         futures = []
-        for _position, message in pending:
+        refused: list[tuple[int, OutboxMessage, str]] = []
+        for position, message in pending:
+            size = _wire_size(message)
+            if size > max_payload:
+                reason = f"{size} bytes is larger than the server's max_payload of {max_payload}"
+                refused.append((position, message, reason))
+                continue
             self._crash.reached("before_publish")
             futures.append(
                 await self._js.publish_async(
                     message.subject, message.payload, headers=dict(message.headers)
                 )
             )
-        acks = await asyncio.wait_for(asyncio.gather(*futures), self._timeout)
-        for _ in acks:
-            self._crash.reached("after_publish")
-        await self._store.mark_published([position for position, _ in pending])
-        self.published += len(pending)
+            sent.append((position, message))
+        if futures:
+            await asyncio.wait(futures, timeout=self._timeout)
+        outcomes: list[tuple[int, OutboxMessage, object]] = []
+        late: list[tuple[int, OutboxMessage]] = []
+        for future, (position, message) in zip(futures, sent, strict=True):
+            if future.done() and not future.cancelled():
+                outcomes.append((position, message, future.exception() or future.result()))
+            else:
+                future.cancel()
+                late.append((position, message))
+        # nats-py drops JetStream's error replies to asynchronous publishes (a message over the
+        # stream's max_msg_size), so the unanswered ones go again one at a time, where the
+        # error is raised; JetStream drops any that it had stored after all as duplicates.
+        for position, message in late:
+            result: object
+            try:
+                result = await self._js.publish(
+                    message.subject,
+                    message.payload,
+                    timeout=self._timeout,
+                    headers=dict(message.headers),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                result = error
+            outcomes.append((position, message, result))
+            if isinstance(result, Exception) and _permanent_refusal(result) is None:
+                break  # a transient failure: the rest waits for the next round
+        published: list[int] = []
+        transient: Exception | None = None
+        for position, message, result in outcomes:
+            if not isinstance(result, BaseException):
+                self._crash.reached("after_publish")
+                published.append(position)
+            elif (reason := _permanent_refusal(result)) is not None:
+                refused.append((position, message, reason))
+            elif transient is None:
+                transient = result if isinstance(result, Exception) else RuntimeError(repr(result))
+        await self._store.mark_published(published)
+        self.published += len(published)
+        for position, message, reason in refused:
+            await self._dead_letter(position, message, reason)
+        if transient is not None:
+            raise transient
         return len(pending)
+
+    async def _dead_letter(self, position: int, message: OutboxMessage, reason: str) -> None:
+        """Keep a refused message out of publication for good, and say so (never its payload)."""
+        size = _wire_size(message)
+        log.warning(
+            "outbox message %s on %s (%d bytes) dead-lettered: %s",
+            message.message_id,
+            message.subject,
+            size,
+            reason,
+        )
+        await self._store.mark_dead_lettered(position, message, reason, size)
+        self.dead_lettered += 1
+        record = OutboxMessageDeadLettered(
+            message_id=message.message_id,
+            subject=message.subject,
+            bytes=size,
+            reason=reason,
+            service=self._store.service,
+        )
+        # Same id on every try, so JetStream keeps one record however often this runs.
+        envelope = Envelope(
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"dead-lettered/{message.message_id}")),
+            type=record.DESCRIPTOR.full_name,
+            schema_version=1,
+            actor=f"service:{self._store.service}",
+            causation_id=message.message_id,
+        )
+        envelope.time.GetCurrentTime()
+        envelope.payload.Pack(record)
+        # The row and its audit entry are the record that counts; this one tells watchers.
+        try:
+            await self._js.publish(
+                dead_letter_subject(self._store.service),
+                envelope.SerializeToString(),
+                timeout=self._timeout,
+                headers={api.Header.MSG_ID: envelope.id},
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning(
+                "dead-letter record of %s not published; the outbox row keeps it",
+                message.message_id,
+                exc_info=True,
+            )
 
     async def run(self) -> None:
         """Relay until ``stop``; transient NATS or database failures are retried."""

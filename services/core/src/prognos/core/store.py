@@ -101,6 +101,9 @@ outbox_table = Table(
     Column("headers", _Json, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
+    # A message the server refused for good (too large, say): kept, never retried.
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=True),
+    Column("dead_reason", Text, nullable=True),
     Index("ix_outbox_unpublished", "published_at", "position"),
 )
 
@@ -601,7 +604,10 @@ class EventStore:
         async with self.reader() as conn:
             rows = await conn.execute(
                 select(outbox_table)
-                .where(outbox_table.c.published_at.is_(None))
+                .where(
+                    outbox_table.c.published_at.is_(None),
+                    outbox_table.c.dead_lettered_at.is_(None),
+                )
                 .order_by(outbox_table.c.position)
                 .limit(limit)
             )
@@ -614,6 +620,49 @@ class EventStore:
                         r.payload,
                         r.headers if isinstance(r.headers, dict) else json.loads(r.headers),
                     ),
+                )
+                for r in rows
+            ]
+
+    async def mark_dead_lettered(
+        self, position: int, message: OutboxMessage, reason: str, size: int
+    ) -> None:
+        """Take an outbox message out of publication for good, keeping it and its reason.
+
+        The row stays, with ``reason``, and an ``outbox.dead_lettered`` audit entry records it
+        in the same transaction, so the message is never retried and never lost silently.
+        """
+        async with self.transaction() as uow:
+            await uow.conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.position == position)
+                .values(dead_lettered_at=utcnow(), dead_reason=reason)
+            )
+            await uow.audit(
+                "outbox.dead_lettered",
+                f"outbox/{message.message_id}",
+                reason=reason,
+                details={"subject": message.subject, "bytes": size},
+            )
+
+    async def dead_letters(self, limit: int = 100) -> list[tuple[OutboxMessage, str]]:
+        """Dead-lettered outbox messages and why, oldest first."""
+        async with self.reader() as conn:
+            rows = await conn.execute(
+                select(outbox_table)
+                .where(outbox_table.c.dead_lettered_at.is_not(None))
+                .order_by(outbox_table.c.position)
+                .limit(limit)
+            )
+            return [
+                (
+                    OutboxMessage(
+                        r.message_id,
+                        r.subject,
+                        r.payload,
+                        r.headers if isinstance(r.headers, dict) else json.loads(r.headers),
+                    ),
+                    r.dead_reason,
                 )
                 for r in rows
             ]

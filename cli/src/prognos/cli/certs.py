@@ -15,6 +15,12 @@ Layout of a secrets directory::
     checkpoint-<service>.key .pub   Ed25519 pair that signs a service's audit checkpoints
     admin.token                     an admin token for the person who ran `prognos up`
     tokens/<role>.token             tokens the command line issued itself, reused until stale
+
+A deployment that gives each process only its own files (compose's ``secrets`` job) keeps
+the issuing side in one directory (the CA and its key, the client certificate, the token
+key pair: ``prognos token keygen``, then ``prognos certs --services-dir``) and puts each
+service's certificate and key in ``<services dir>/<service>/``, beside copies of ``ca.crt``
+and ``token-signing.pub``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Annotated
 
 import typer
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -41,6 +48,7 @@ __all__ = [
     "DevSecrets",
     "certs",
     "ensure_dev_secrets",
+    "ensure_token_key",
     "issue_certificate",
     "make_ca",
     "write_certificates",
@@ -257,19 +265,32 @@ def _write_pair(
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
-def _fresh(cert_path: Path, key_path: Path) -> bool:
-    """Whether a certificate and its key exist and the certificate is not about to expire."""
+def _fresh(cert_path: Path, key_path: Path, ca: x509.Certificate | None = None) -> bool:
+    """Whether a certificate and its key exist, it is not about to expire, and ``ca`` issued it."""
     if not (cert_path.is_file() and key_path.is_file()):
         return False
     try:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except ValueError:
+        if ca is not None:
+            certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return certificate.not_valid_after_utc - datetime.now(UTC) > _RENEW_BEFORE
 
 
+def _copy_if_changed(source: Path, target: Path) -> None:
+    data = source.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        target.write_bytes(data)
+
+
 def write_certificates(
-    out: Path, services: Sequence[str] = SERVICES, *, hosts: Sequence[str] = (), force: bool = False
+    out: Path,
+    services: Sequence[str] = SERVICES,
+    *,
+    hosts: Sequence[str] = (),
+    force: bool = False,
+    services_dir: Path | None = None,
 ) -> DevSecrets:
     """Write a development CA, a certificate per service and a client certificate.
 
@@ -281,13 +302,15 @@ def write_certificates(
         services: One serving certificate each.
         hosts: Extra host names or addresses the services are reached at.
         force: Replace everything.
+        services_dir: Put each service's certificate and key in ``services_dir/<service>/``
+            instead of ``out``, beside copies of the CA certificate and, when ``out`` has
+            one, the token public key: all a service is given, and nothing of another's.
 
     Returns:
         The layout of ``out``.
     """
     secrets = DevSecrets(out)
-    out.mkdir(parents=True, exist_ok=True)
-    out.chmod(0o700)
+    _private_dir(out)
     new_ca = force or not _fresh(secrets.ca_cert, secrets.ca_key)
     if new_ca:
         ca_certificate, ca_key = make_ca()
@@ -299,11 +322,18 @@ def write_certificates(
             raise ValueError(f"{secrets.ca_key} holds no ECDSA key")
         ca_key = loaded
     for name in services:
-        cert_path, key_path = secrets.service_cert(name), secrets.service_key(name)
-        if new_ca or not _fresh(cert_path, key_path):
+        own = DevSecrets(services_dir / name) if services_dir else secrets
+        cert_path, key_path = own.service_cert(name), own.service_key(name)
+        if services_dir:
+            _private_dir(own.root)
+        if new_ca or not _fresh(cert_path, key_path, ca_certificate):
             _write_pair(
                 *issue_certificate(ca_certificate, ca_key, name, hosts=hosts), cert_path, key_path
             )
+        if services_dir:
+            _copy_if_changed(secrets.ca_cert, own.ca_cert)
+            if secrets.token_public_key.is_file():
+                _copy_if_changed(secrets.token_public_key, own.token_public_key)
     if new_ca or not _fresh(secrets.client_cert, secrets.client_key):
         _write_pair(
             *issue_certificate(ca_certificate, ca_key, CLIENT_NAME, server=False),
@@ -311,6 +341,30 @@ def write_certificates(
             secrets.client_key,
         )
     return secrets
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def ensure_token_key(secrets: DevSecrets, *, force: bool = False) -> bool:
+    """Make the token signing key pair of ``secrets`` unless it exists (or ``force``).
+
+    A new pair invalidates every token the old key signed, so the admin token and the
+    command line's own tokens are removed with it.
+
+    Returns:
+        Whether a new pair was made.
+    """
+    if not force and secrets.token_signing_key.is_file() and secrets.token_public_key.is_file():
+        return False
+    _private_dir(secrets.root)
+    write_key_pair(generate_signing_key(), secrets.token_signing_key, secrets.token_public_key)
+    secrets.admin_token.unlink(missing_ok=True)
+    for stale in secrets.tokens_dir.glob("*.token"):
+        stale.unlink()
+    return True
 
 
 def ensure_dev_secrets(
@@ -329,11 +383,7 @@ def ensure_dev_secrets(
     from prognos.cli.tokens import write_admin_token
 
     secrets = write_certificates(out, services, hosts=hosts)
-    if not (secrets.token_signing_key.is_file() and secrets.token_public_key.is_file()):
-        write_key_pair(generate_signing_key(), secrets.token_signing_key, secrets.token_public_key)
-        secrets.admin_token.unlink(missing_ok=True)
-        for stale in secrets.tokens_dir.glob("*.token"):
-            stale.unlink()
+    ensure_token_key(secrets)
     for name in services:
         private, public = secrets.checkpoint_key(name), secrets.checkpoint_public_key(name)
         if not (private.is_file() and public.is_file()):
@@ -362,16 +412,30 @@ def certs(
         typer.Option(help="Another host name or IP the services are reached at; repeat."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing CA and certificates.")] = False,
+    services_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Put each service's certificate and key in DIR/<service>/ instead, beside "
+            "copies of the CA certificate and the token public key (`prognos token keygen`), "
+            "so that a deployment can give each service its own directory alone.",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Make a development CA, a certificate per service and a client certificate."""
     from prognos.core.config import Settings
 
     target = out or Settings.load("cli", **({"data_dir": data_dir} if data_dir else {})).secrets_dir
     secrets = write_certificates(
-        target, tuple(service or SERVICES), hosts=tuple(host or ()), force=force
+        target,
+        tuple(service or SERVICES),
+        hosts=tuple(host or ()),
+        force=force,
+        services_dir=services_dir,
     )
     console = Console()
     console.print(f"CA          {secrets.ca_cert}", highlight=False)
     for name in service or SERVICES:
-        console.print(f"{name:<11} {secrets.service_cert(name)}", highlight=False)
+        own = DevSecrets(services_dir / name) if services_dir else secrets
+        console.print(f"{name:<11} {own.service_cert(name)}", highlight=False)
     console.print(f"client      {secrets.client_cert}", highlight=False)

@@ -2,7 +2,8 @@
 
 Tokens are signed with the development key under ``<data_dir>/secrets`` that ``prognos up``
 creates; the services verify them with its public half. Production issues tokens with its
-own identity provider and key, and hands the services only the public key.
+own identity provider and key, and hands the services only the public key; compose's
+``secrets`` job makes such a key pair with ``prognos token keygen``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "app",
     "cli_subject",
     "issue",
+    "keygen",
     "parse_ttl",
     "token_for",
     "write_admin_token",
@@ -161,3 +163,27 @@ def issue(
         typer.echo(f"no signing key at {key_path}: run `prognos up` once, or pass --key", err=True)
         raise typer.Exit(1)
     typer.echo(issue_token(load_private_key(key_path), subject, role, lifetime))
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Directory to write to (default: <data dir>/secrets)."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing pair (every token it signed stops working).")
+    ] = False,
+) -> None:
+    """Make the Ed25519 pair that signs tokens and verifies them, unless it exists.
+
+    Writes token-signing.key (for whoever issues tokens) and token-signing.pub (for the
+    services' PROGNOS_AUTH_PUBLIC_KEY_FILE), and prints the public key's path.
+    """
+    from prognos.cli.certs import DevSecrets, ensure_token_key
+
+    target = out or Settings.load("cli", **({"data_dir": data_dir} if data_dir else {})).secrets_dir
+    secrets = DevSecrets(target)
+    ensure_token_key(secrets, force=force)
+    typer.echo(str(secrets.token_public_key))

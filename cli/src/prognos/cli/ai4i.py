@@ -38,9 +38,8 @@ from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli._tables import echo_json
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.cli.failures import import_failure_history
-from prognos.cli.ingest import upload_file
+from prognos.cli.ingest import rpc_failure, upload_file
 from prognos.core.config import Settings
-from prognos.core.errors import InvalidArgumentError, from_grpc_error
 
 __all__ = ["AI4I_TYPE", "CHANNELS", "MODES", "asset_type", "failure_rows", "import_ai4i"]
 
@@ -218,12 +217,7 @@ def import_ai4i(
     try:
         registered, telemetry, labels = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
-        typed = from_grpc_error(error)
-        console.print(Text(f"error: {error.code().name}: {typed.message}", style="bold red"))
-        if isinstance(typed, InvalidArgumentError):
-            for field, description in typed.violations:
-                console.print(f"  {field}: {description}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise rpc_failure(console, error) from None
     if as_json:
         echo_json(telemetry)
         echo_json(labels)

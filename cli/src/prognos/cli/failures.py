@@ -23,8 +23,8 @@ from rich.text import Text
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli._tables import echo_json
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
+from prognos.cli.ingest import rpc_failure
 from prognos.core.config import Settings
-from prognos.core.errors import InvalidArgumentError, from_grpc_error
 
 __all__ = ["import_failure_history", "import_failures"]
 
@@ -149,12 +149,7 @@ def import_failures(
     try:
         response = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
-        typed = from_grpc_error(error)
-        console.print(Text(f"error: {error.code().name}: {typed.message}", style="bold red"))
-        if isinstance(typed, InvalidArgumentError):
-            for field, description in typed.violations:
-                console.print(f"  {field}: {description}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise rpc_failure(console, error) from None
     if as_json:
         echo_json(response)
         return

@@ -48,6 +48,7 @@ __all__ = [
     "parse_mapping",
     "quarantine",
     "quarantine_tables",
+    "rpc_failure",
     "same_name_mappings",
     "snapshot_app",
     "upload_file",
@@ -206,7 +207,8 @@ async def upload_file(
     return response
 
 
-def _fail(console: Console, error: grpc.aio.AioRpcError) -> typer.Exit:
+def rpc_failure(console: Console, error: grpc.aio.AioRpcError) -> typer.Exit:
+    """Print a failed call's status, message and field violations; the exit to raise."""
     typed = from_grpc_error(error)
     console.print(Text(f"error: {error.code().name}: {typed.message}", style="bold red"))
     if isinstance(typed, InvalidArgumentError):
@@ -262,7 +264,7 @@ def _run_upload(
     try:
         response = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
-        raise _fail(console, error) from None
+        raise rpc_failure(console, error) from None
     if as_json:
         echo_json(response)
     else:
@@ -511,7 +513,7 @@ def quarantine(
     try:
         response = asyncio.run(go())
     except grpc.aio.AioRpcError as error:
-        raise _fail(console, error) from None
+        raise rpc_failure(console, error) from None
     if as_json:
         echo_json(response)
         return
@@ -622,7 +624,7 @@ def _call(data_dir: Path | None, role: str, call: Callable[[Any], Any]) -> Any:
     try:
         return asyncio.run(go())
     except grpc.aio.AioRpcError as error:
-        raise _fail(console, error) from None
+        raise rpc_failure(console, error) from None
 
 
 def _print_snapshot(snapshot: ingest_pb2.DatasetSnapshot, as_json: bool = False) -> None:

@@ -179,6 +179,12 @@ class OutboxMessage:
     headers: dict[str, str]
 
 
+def _outbox_message(r: Any) -> OutboxMessage:
+    """An outbox row as the message it holds (SQLite returns the headers as text)."""
+    headers = r.headers if isinstance(r.headers, dict) else json.loads(r.headers)
+    return OutboxMessage(r.message_id, r.subject, r.payload, headers)
+
+
 def _row_to_event(row: Any) -> StoredEvent:
     data = row.data if isinstance(row.data, dict) else json.loads(row.data)
     meta = row.meta if isinstance(row.meta, dict) else json.loads(row.meta)
@@ -611,18 +617,7 @@ class EventStore:
                 .order_by(outbox_table.c.position)
                 .limit(limit)
             )
-            return [
-                (
-                    r.position,
-                    OutboxMessage(
-                        r.message_id,
-                        r.subject,
-                        r.payload,
-                        r.headers if isinstance(r.headers, dict) else json.loads(r.headers),
-                    ),
-                )
-                for r in rows
-            ]
+            return [(r.position, _outbox_message(r)) for r in rows]
 
     async def mark_dead_lettered(
         self, position: int, message: OutboxMessage, reason: str, size: int
@@ -654,18 +649,7 @@ class EventStore:
                 .order_by(outbox_table.c.position)
                 .limit(limit)
             )
-            return [
-                (
-                    OutboxMessage(
-                        r.message_id,
-                        r.subject,
-                        r.payload,
-                        r.headers if isinstance(r.headers, dict) else json.loads(r.headers),
-                    ),
-                    r.dead_reason,
-                )
-                for r in rows
-            ]
+            return [(_outbox_message(r), r.dead_reason) for r in rows]
 
     async def mark_published(self, positions: Sequence[int]) -> None:
         """Record that JetStream stored these outbox messages."""

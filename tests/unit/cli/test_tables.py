@@ -13,8 +13,8 @@ from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import registry_pb2
 from prognos.api.scheduler.v1 import scheduler_pb2
 from prognos.cli._tables import Column, fit, listing, print_table
-from prognos.cli.ingest import quarantine_tables
 from prognos.cli.models import history_table, versions_table
+from prognos.cli.quarantine import quarantine_tables
 from prognos.cli.training import runs_table
 from prognos.cli.workorders import orders_table
 

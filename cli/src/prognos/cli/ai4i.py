@@ -38,7 +38,7 @@ from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.cli._tables import echo_json
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.cli.failures import import_failure_history
-from prognos.cli.ingest import rpc_failure, upload_file
+from prognos.cli.ingest import DATA_DIR_HELP, rpc_failure, upload_file
 from prognos.core.config import Settings
 
 __all__ = ["AI4I_TYPE", "CHANNELS", "MODES", "asset_type", "failure_rows", "import_ai4i"]
@@ -66,7 +66,6 @@ MODES: tuple[tuple[str, str, str], ...] = (
     ("OSF", "overstrain", "Tool wear times torque exceeds the product variant's limit."),
     ("RNF", "random", "A failure at random, whatever the process parameters (0.1%)."),
 )
-_DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
 
 
 def asset_type() -> ingest_pb2.AssetType:
@@ -184,7 +183,7 @@ def import_ai4i(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the service's answers as JSON.")
     ] = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Import the AI4I 2020 milling data set (ai4i2020.csv): telemetry and failure history.
 

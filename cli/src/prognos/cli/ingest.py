@@ -33,21 +33,22 @@ from rich.table import Table
 from rich.text import Text
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
+from prognos.cli._tables import AsJson, echo_json
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info
 from prognos.core.config import Settings
 from prognos.core.errors import InvalidArgumentError, from_grpc_error
 
 __all__ = [
     "CMAPSS_CHANNELS",
+    "DATA_DIR_HELP",
+    "call_ingest",
     "file_columns",
     "import_app",
     "import_cmapss",
     "ingest",
     "parse_duration",
     "parse_mapping",
-    "quarantine",
-    "quarantine_tables",
+    "reason_name",
     "rpc_failure",
     "same_name_mappings",
     "snapshot_app",
@@ -56,7 +57,7 @@ __all__ = [
 
 CHUNK_BYTES = 1 << 20
 _UPLOAD_TIMEOUT_S = 3600.0
-_DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
+DATA_DIR_HELP = "Data directory of `prognos up` (default: $PROGNOS_DATA_DIR, else .prognos)."
 _TIME_KINDS = {
     "rfc3339": ingest_pb2.TIME_COLUMN_KIND_RFC3339,
     "unix": ingest_pb2.TIME_COLUMN_KIND_UNIX_SECONDS,
@@ -289,13 +290,14 @@ def _print_result(
     console.print(table)
     for reading in response.sample_rejections:
         console.print(
-            f"  quarantined: {_reason(reading.reason)}: {reading.detail}",
+            f"  quarantined: {reason_name(reading.reason)}: {reading.detail}",
             markup=False,
             highlight=False,
         )
 
 
-def _reason(value: int) -> str:
+def reason_name(value: int) -> str:
+    """A quarantine reason without its enum prefix: ``OUT_OF_RANGE``."""
     return ingest_pb2.QuarantineReason.Name(value).removeprefix("QUARANTINE_REASON_")  # type: ignore[arg-type]
 
 
@@ -343,7 +345,7 @@ def ingest(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the service's answer as JSON.")
     ] = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Upload a CSV or JSON-lines file of telemetry, with a progress bar."""
     chosen = (file_format or ("jsonl" if file.suffix in (".jsonl", ".ndjson") else "csv")).lower()
@@ -429,7 +431,7 @@ def import_cmapss(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the service's answer as JSON.")
     ] = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Import a NASA C-MAPSS file: run-to-failure (train_FD001.txt) or, with --no-failures, test.
 
@@ -469,127 +471,19 @@ def import_cmapss(
     _run_upload(data_dir, file, message, as_json=as_json)
 
 
-def quarantine(
-    asset: Annotated[str | None, typer.Option(help="Only this asset.")] = None,
-    reason: Annotated[
-        str | None, typer.Option(help="Only this reason, e.g. OUT_OF_RANGE or LATE.")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="Readings to list.")] = 20,
-    as_json: AsJson = False,
-    wide: Wide = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
-) -> None:
-    """List quarantined readings, newest first, with totals per asset and reason.
-
-    --wide adds when each reading was quarantined and the batch it came in.
-    """
-    console = Console()
-    reason_value = 0
-    if reason:
-        name = "QUARANTINE_REASON_" + reason.upper().removeprefix("QUARANTINE_REASON_")
-        try:
-            reason_value = ingest_pb2.QuarantineReason.Value(name)
-        except ValueError:
-            choices = [_reason(v) for v in ingest_pb2.QuarantineReason.values() if v]
-            raise typer.BadParameter(f"choose one of {', '.join(choices)}") from None
-    request = ingest_pb2.ListQuarantineRequest(
-        asset_id=asset or "",
-        reason=reason_value,
-        page_size=max(1, limit),  # type: ignore[arg-type]
-    )
-    try:
-        info = read_run_info(_data_dir(data_dir))
-    except ServiceNotRunningError as e:
-        console.print(Text(f"error: {e}", style="bold red"))
-        raise typer.Exit(1) from None
-
-    async def go() -> ingest_pb2.ListQuarantineResponse:
-        async with open_channel(info, "ingest", role="gateway") as channel:
-            response: ingest_pb2.ListQuarantineResponse = await ingest_pb2_grpc.IngestServiceStub(
-                channel
-            ).ListQuarantine(request, timeout=30)
-            return response
-
-    try:
-        response = asyncio.run(go())
-    except grpc.aio.AioRpcError as error:
-        raise rpc_failure(console, error) from None
-    if as_json:
-        echo_json(response)
-        return
-    for table in quarantine_tables(response, wide, console.width):
-        print_table(console, table, wide=wide)
-
-
-_TOTAL_COLUMNS = (
-    Column("Asset", ident=True),
-    Column("Reason"),
-    Column("Readings", justify="right"),
-)
-_READING_COLUMNS = (
-    Column("Quarantined at (UTC)", wide=True),
-    Column("Asset", ident=True),
-    Column("Batch", ident=True, wide=True),
-    Column("Time (UTC)"),
-    Column("Channel"),
-    Column("Reason"),
-    Column("Detail"),
-)
-
-
-def _utc(stamp: Any) -> str:
-    """``2030-01-02 03:04:05.123`` (milliseconds only when there are any)."""
-    at = stamp.ToDatetime()
-    return f"{at:%Y-%m-%d %H:%M:%S}" + (f".{at.microsecond // 1000:03d}" if at.microsecond else "")
-
-
-def quarantine_tables(
-    response: ingest_pb2.ListQuarantineResponse, wide: bool = False, width: int | None = None
-) -> tuple[Table, Table]:
-    """The totals per asset and reason, and the newest readings, asset ids whole."""
-    totals = [
-        (count.asset_id or "(file)", _reason(count.reason), f"{count.count:,}")
-        for count in response.counts
-    ]
-    readings = [
-        (
-            _utc(reading.quarantined_at),
-            reading.asset_id,
-            reading.batch_id,
-            _utc(reading.time) if reading.HasField("time") else "",
-            reading.channel,
-            _reason(reading.reason),
-            Text(reading.detail),
-        )
-        for reading in response.readings
-    ]
-    return (
-        listing(
-            "Quarantined readings per asset and reason",
-            _TOTAL_COLUMNS,
-            totals,
-            wide=wide,
-            width=width,
-        ),
-        listing(
-            f"Newest {len(response.readings)}", _READING_COLUMNS, readings, wide=wide, width=width
-        ),
-    )
-
-
 @snapshot_app.command("create")
 def snapshot_create(
     name: Annotated[str, typer.Argument(help="Unique name of the snapshot.")],
     asset_type: Annotated[str, typer.Option(help="Asset type whose data to freeze.")],
     asset: Annotated[list[str] | None, typer.Option(help="Only this asset; repeat.")] = None,
     as_json: AsJson = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Freeze the archived telemetry and labels of an asset type as a named snapshot."""
     request = ingest_pb2.CreateDatasetSnapshotRequest(
         name=name, asset_type=asset_type, asset_ids=asset or []
     )
-    snapshot = _call(
+    snapshot = call_ingest(
         data_dir, "ml-engineer", lambda stub: stub.CreateDatasetSnapshot(request, timeout=120)
     ).snapshot
     _print_snapshot(snapshot, as_json)
@@ -599,17 +493,18 @@ def snapshot_create(
 def snapshot_show(
     name: Annotated[str, typer.Argument(help="Name of the snapshot.")],
     as_json: AsJson = False,
-    data_dir: Annotated[Path | None, typer.Option(help=_DATA_DIR_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Show a snapshot: its content hash and its files (--json: each file too)."""
     request = ingest_pb2.GetDatasetSnapshotRequest(name=name)
-    snapshot = _call(
+    snapshot = call_ingest(
         data_dir, "ml-engineer", lambda stub: stub.GetDatasetSnapshot(request, timeout=30)
     ).snapshot
     _print_snapshot(snapshot, as_json)
 
 
-def _call(data_dir: Path | None, role: str, call: Callable[[Any], Any]) -> Any:
+def call_ingest(data_dir: Path | None, role: str, call: Callable[[Any], Any]) -> Any:
+    """Run ``call`` on an ingest stub of the running fleet, in ``role``; errors exit 1."""
     console = Console()
     try:
         info = read_run_info(_data_dir(data_dir))

@@ -7,7 +7,7 @@ import prognos.core.grpc_io  # noqa: F401  (first: it sets gRPC's I/O before grp
 # isort: split
 import typer
 
-from prognos.cli import ai4i, audit, certs, failures, launcher, tokens, traces
+from prognos.cli import ai4i, audit, certs, failures, launcher, quarantine, tokens, traces
 from prognos.cli import ingest as ingest_commands
 from prognos.cli import models as model_commands
 from prognos.cli import training as training_commands
@@ -30,7 +30,7 @@ app.command("ingest")(ingest_commands.ingest)
 ingest_commands.import_app.command("failures")(failures.import_failures)
 ingest_commands.import_app.command("ai4i")(ai4i.import_ai4i)
 app.add_typer(ingest_commands.import_app, name="import")
-app.command("quarantine")(ingest_commands.quarantine)
+app.command("quarantine")(quarantine.quarantine)
 app.add_typer(ingest_commands.snapshot_app, name="snapshot")
 app.command("train")(training_commands.train)
 app.command("evaluate")(training_commands.evaluate)

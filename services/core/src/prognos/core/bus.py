@@ -60,7 +60,12 @@ DUPLICATE_WINDOW_S = 120.0
 
 
 async def connect(settings: Settings, url: str | None = None, *, name: str | None = None) -> Client:
-    """Connect to NATS with the service's credentials, retrying the first connection."""
+    """Connect to NATS with the service's credentials, retrying the first connection.
+
+    The credentials are the process's nkey seed file (its bus identity, see
+    :mod:`prognos.core.busauth`) when one is configured, else a user and password; the
+    seed is read by the client when the server asks for a signature and never logged.
+    """
     options: dict[str, Any] = {
         "servers": (url or settings.nats_url or "").split(","),
         "name": name or f"prognos-{settings.service}",
@@ -68,7 +73,9 @@ async def connect(settings: Settings, url: str | None = None, *, name: str | Non
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
     }
-    if settings.nats_user:
+    if settings.nats_nkey_seed_file:
+        options["nkeys_seed"] = str(settings.nats_nkey_seed_file)
+    elif settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password
     return await nats.connect(**options)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     nats_user: str | None = None
     nats_password: str | None = None
+    nats_nkey_seed_file: Path | None = Field(
+        default=None,
+        description="This process's NATS nkey seed (one line, owner-only); the bus identity",
+    )
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
     otlp_endpoint: str | None = None

@@ -37,6 +37,7 @@ __all__ = [
 _POLL_S = 0.02
 _LOG_NAME = "nats-server.log"
 _STORE_NAME = "jetstream"
+_CONFIG_NAME = "nats-server.conf"
 
 
 class NatsServerError(RuntimeError):
@@ -160,6 +161,10 @@ class EmbeddedNats:
         start_timeout: Seconds to wait for the server to accept connections.
         stop_timeout: Seconds to wait after SIGTERM before SIGKILL.
         extra_args: More command-line arguments for nats-server.
+        authorization: Configuration text with the server's ``authorization`` block
+            (:func:`prognos.core.busauth.authorization_config`), written to
+            ``<data_dir>/nats-server.conf`` and loaded with ``-c``; None runs without
+            authentication, which only tests about something else should do.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class EmbeddedNats:
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         extra_args: tuple[str, ...] = (),
+        authorization: str | None = None,
     ) -> None:
         self._data_dir = Path(data_dir).resolve()
         self._host = host
@@ -180,6 +186,7 @@ class EmbeddedNats:
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._extra_args = extra_args
+        self._authorization = authorization
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
@@ -199,6 +206,16 @@ class EmbeddedNats:
     def log_path(self) -> Path:
         """The server's log file."""
         return self._data_dir / _LOG_NAME
+
+    @property
+    def config_path(self) -> Path | None:
+        """The configuration file with the authorization block, or None without one."""
+        return self._data_dir / _CONFIG_NAME if self._authorization is not None else None
+
+    @property
+    def authorized(self) -> bool:
+        """Whether the server requires credentials (it was given an authorization block)."""
+        return self._authorization is not None
 
     @property
     def host(self) -> str:
@@ -358,8 +375,13 @@ class EmbeddedNats:
             str(self._data_dir),
             "-l",
             str(self.log_path),
-            *self._extra_args,
         ]
+        config = self.config_path
+        if config is not None:
+            # Public keys and permissions only; the seeds stay with their owners.
+            config.write_text(self._authorization or "")
+            argv += ["-c", str(config)]
+        argv += self._extra_args
         self._port = None
         # Start-up errors that precede the log file go to stderr: append both to the log.
         with open(self.log_path, "ab") as log:
@@ -438,7 +460,9 @@ class NatsEndpoint:
 
 
 @contextlib.asynccontextmanager
-async def connect_or_embed(settings: Settings) -> AsyncIterator[NatsEndpoint]:
+async def connect_or_embed(
+    settings: Settings, *, authorization: str | None = None
+) -> AsyncIterator[NatsEndpoint]:
     """Use the configured NATS, or run an embedded one for the duration of the block.
 
     With ``settings.nats_url`` set, yields that URL and starts nothing. Otherwise starts
@@ -446,6 +470,8 @@ async def connect_or_embed(settings: Settings) -> AsyncIterator[NatsEndpoint]:
 
     Args:
         settings: The process settings.
+        authorization: The embedded server's authorization block (see
+            :class:`EmbeddedNats`); ignored for a configured URL, whose server has its own.
 
     Yields:
         The endpoint to connect to.
@@ -456,5 +482,5 @@ async def connect_or_embed(settings: Settings) -> AsyncIterator[NatsEndpoint]:
     if settings.nats_url:
         yield NatsEndpoint(settings.nats_url)
         return
-    async with EmbeddedNats(settings.data_dir / "nats") as server:
+    async with EmbeddedNats(settings.data_dir / "nats", authorization=authorization) as server:
         yield NatsEndpoint(server.url, server)

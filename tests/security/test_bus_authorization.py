@@ -11,74 +11,27 @@ through; only a service itself writes its ``audit.*.<service>`` anchors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import nkeys
 import pytest
-from nats.aio.client import Client
 from nats.js import api
 
 from prognos.core import anchoring, bus, busauth
-from prognos.core.natsserver import EmbeddedNats
+from prognos.core.testing.identities import AuthorizedNats
 from prognos.core.testing.waiting import assert_eventually
 
 ALIAS_MOVED = "registry.alias.moved"
 PREDICTION_MADE = "inference.prediction.made"
 
 
-@dataclass(frozen=True)
-class Bus:
-    """A nats-server with the generated authorization, and every identity's seed file."""
-
-    server: EmbeddedNats
-    seeds: dict[str, Path]
-
-    @asynccontextmanager
-    async def connect(
-        self, identity: str | None, errors: list[Exception] | None = None
-    ) -> AsyncIterator[Client]:
-        """Connect as ``identity`` (its own seed); collect the server's async errors."""
-
-        async def on_error(error: Exception) -> None:
-            if errors is not None:
-                errors.append(error)
-
-        options: dict[str, object] = {}
-        if identity is not None:
-            options["nkeys_seed"] = str(self.seeds[identity])
-        nc = await nats.connect(
-            self.server.url,
-            error_cb=on_error,
-            allow_reconnect=False,
-            connect_timeout=2,
-            **options,
-        )
-        try:
-            yield nc
-        finally:
-            await nc.close()
-
-
-@pytest.fixture
-def authorized_bus(tmp_path: Path) -> Iterator[Bus]:
-    seeds = busauth.ensure_identities(tmp_path / "seeds")
-    config = busauth.authorization_config(
-        {name: busauth.public_key(path) for name, path in seeds.items()}
-    )
-    with EmbeddedNats(tmp_path / "nats", authorization=config) as server:
-        yield Bus(server, seeds)
-
-
-async def _owner_stream(authorized: Bus, owner: str, stream: str) -> None:
+async def _owner_stream(authorized: AuthorizedNats, owner: str, stream: str) -> None:
     async with authorized.connect(owner) as nc:
         await bus.ensure_stream(nc.jetstream(), stream)
 
 
-async def _stored(authorized: Bus, stream: str, subject: str) -> list[bytes]:
+async def _stored(authorized: AuthorizedNats, stream: str, subject: str) -> list[bytes]:
     """Every message of ``stream`` on ``subject``, read by the observer identity."""
     async with authorized.connect(busauth.OBSERVER_IDENTITY) as nc:
         js = nc.jetstream()
@@ -98,7 +51,7 @@ def _violation(errors: list[Exception], subject: str) -> bool:
 
 
 async def _forge_then_publish_legitimately(
-    authorized: Bus, forger: str, owner: str, stream: str, subject: str
+    authorized: AuthorizedNats, forger: str, owner: str, stream: str, subject: str
 ) -> None:
     """A forger's publish is refused and never delivered; the owner's, right after, is."""
     await _owner_stream(authorized, owner, stream)
@@ -111,7 +64,7 @@ async def _forge_then_publish_legitimately(
 
         await observer.subscribe(subject, cb=on_message)
         await observer.flush()
-        async with authorized.connect(forger, errors) as forging:
+        async with authorized.connect(forger, errors.append) as forging:
             await forging.publish(subject, b"forged")
             # The server has handled the PUB once it answers the PING behind it.
             await forging.flush()
@@ -126,55 +79,59 @@ async def _forge_then_publish_legitimately(
 
 @pytest.mark.parametrize("forger", ["scheduler", "ingest"])
 async def test_another_services_identity_cannot_move_an_alias(
-    authorized_bus: Bus, forger: str
+    authorized_nats: AuthorizedNats, forger: str
 ) -> None:
     await _forge_then_publish_legitimately(
-        authorized_bus, forger, "registry", "REGISTRY", ALIAS_MOVED
+        authorized_nats, forger, "registry", "REGISTRY", ALIAS_MOVED
     )
 
 
 @pytest.mark.parametrize("forger", ["scheduler", "ingest", "registry"])
 async def test_another_services_identity_cannot_make_a_prediction(
-    authorized_bus: Bus, forger: str
+    authorized_nats: AuthorizedNats, forger: str
 ) -> None:
     await _forge_then_publish_legitimately(
-        authorized_bus, forger, "inference", "INFERENCE", PREDICTION_MADE
+        authorized_nats, forger, "inference", "INFERENCE", PREDICTION_MADE
     )
 
 
 @pytest.mark.parametrize("reader", [busauth.CLI_IDENTITY, busauth.OBSERVER_IDENTITY])
-async def test_read_only_identities_cannot_publish_events(authorized_bus: Bus, reader: str) -> None:
+async def test_read_only_identities_cannot_publish_events(
+    authorized_nats: AuthorizedNats, reader: str
+) -> None:
     await _forge_then_publish_legitimately(
-        authorized_bus, reader, "registry", "REGISTRY", ALIAS_MOVED
+        authorized_nats, reader, "registry", "REGISTRY", ALIAS_MOVED
     )
 
 
-async def test_a_connection_without_credentials_is_refused(authorized_bus: Bus) -> None:
-    await _owner_stream(authorized_bus, "registry", "REGISTRY")
+async def test_a_connection_without_credentials_is_refused(authorized_nats: AuthorizedNats) -> None:
+    await _owner_stream(authorized_nats, "registry", "REGISTRY")
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-        async with authorized_bus.connect(None):
+        async with authorized_nats.connect(None):
             pass
-    assert await _stored(authorized_bus, "REGISTRY", ALIAS_MOVED) == []
+    assert await _stored(authorized_nats, "REGISTRY", ALIAS_MOVED) == []
 
 
 async def test_a_key_the_server_does_not_know_is_refused(
-    authorized_bus: Bus, tmp_path: Path
+    authorized_nats: AuthorizedNats, tmp_path: Path
 ) -> None:
-    await _owner_stream(authorized_bus, "inference", "INFERENCE")
+    await _owner_stream(authorized_nats, "inference", "INFERENCE")
     stranger = tmp_path / "stranger.nk"
     stranger.write_bytes(busauth.generate_seed())
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
         await nats.connect(
-            authorized_bus.server.url,
+            authorized_nats.url,
             nkeys_seed=str(stranger),
             allow_reconnect=False,
             connect_timeout=2,
         )
-    assert await _stored(authorized_bus, "INFERENCE", PREDICTION_MADE) == []
+    assert await _stored(authorized_nats, "INFERENCE", PREDICTION_MADE) == []
 
 
-async def test_only_a_service_itself_writes_its_audit_anchors(authorized_bus: Bus) -> None:
-    async with authorized_bus.connect("registry") as registry:
+async def test_only_a_service_itself_writes_its_audit_anchors(
+    authorized_nats: AuthorizedNats,
+) -> None:
+    async with authorized_nats.connect("registry") as registry:
         js = registry.jetstream()
         await anchoring.ensure_audit_stream(js)
         ack = await js.publish(anchoring.head_subject("registry"), b"registry's head")
@@ -182,7 +139,7 @@ async def test_only_a_service_itself_writes_its_audit_anchors(authorized_bus: Bu
 
     for forger in ("scheduler", "inference", busauth.CLI_IDENTITY, busauth.OBSERVER_IDENTITY):
         errors: list[Exception] = []
-        async with authorized_bus.connect(forger, errors) as forging:
+        async with authorized_nats.connect(forger, errors.append) as forging:
             for subject in (
                 anchoring.head_subject("registry"),
                 anchoring.checkpoint_subject("registry"),
@@ -195,14 +152,14 @@ async def test_only_a_service_itself_writes_its_audit_anchors(authorized_bus: Bu
                 timeout=5,
             )
 
-    async with authorized_bus.connect(busauth.OBSERVER_IDENTITY) as nc:
+    async with authorized_nats.connect(busauth.OBSERVER_IDENTITY) as nc:
         info = await nc.jetstream().stream_info(anchoring.AUDIT_STREAM)
     assert info.state.messages == 1
 
 
-async def test_no_service_can_delete_or_purge_a_stream(authorized_bus: Bus) -> None:
+async def test_no_service_can_delete_or_purge_a_stream(authorized_nats: AuthorizedNats) -> None:
     errors: list[Exception] = []
-    async with authorized_bus.connect("registry", errors) as registry:
+    async with authorized_nats.connect("registry", errors.append) as registry:
         js = registry.jetstream(timeout=1)
         await anchoring.ensure_audit_stream(js)
         await js.publish(anchoring.head_subject("registry"), b"head")
@@ -216,12 +173,14 @@ async def test_no_service_can_delete_or_purge_a_stream(authorized_bus: Bus) -> N
     assert _violation(errors, f"$JS.API.STREAM.PURGE.{anchoring.AUDIT_STREAM}")
 
 
-async def test_a_consumer_of_another_service_still_reads_its_events(authorized_bus: Bus) -> None:
+async def test_a_consumer_of_another_service_still_reads_its_events(
+    authorized_nats: AuthorizedNats,
+) -> None:
     """The permissions keep the real flows working: inference follows the registry."""
-    await _owner_stream(authorized_bus, "registry", "REGISTRY")
-    async with authorized_bus.connect("registry") as registry:
+    await _owner_stream(authorized_nats, "registry", "REGISTRY")
+    async with authorized_nats.connect("registry") as registry:
         await registry.jetstream().publish(ALIAS_MOVED, b"moved")
-    async with authorized_bus.connect("inference") as inference:
+    async with authorized_nats.connect("inference") as inference:
         js = inference.jetstream()
         sub = await js.pull_subscribe(
             ALIAS_MOVED,

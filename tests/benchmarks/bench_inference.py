@@ -45,7 +45,6 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import nats
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -57,9 +56,11 @@ from prognos.cli.client import address_of, open_channel, secrets_of
 from prognos.cli.launcher import Launcher, RunInfo, ServiceSpec
 from prognos.cli.tokens import token_for
 from prognos.core import bus
+from prognos.core.busauth import OBSERVER_IDENTITY
 from prognos.core.config import Settings
 from prognos.core.grpc_io import VARIABLE
 from prognos.core.telemetry import read_spans
+from prognos.core.testing.identities import connect_as, seed_of
 from prognos.core.tls import channel_credentials
 from prognos.inference.live import score_windows
 from prognos.inference.models import Artifact, ModelRunner, load_model
@@ -195,7 +196,8 @@ async def services(data_dir: Path) -> AsyncIterator[RunInfo]:
 
 
 async def serve_model(info: RunInfo, export: Path) -> None:
-    nc = await nats.connect(info.nats_url)
+    # The benchmark stands in for the registry (it runs none), so it signs in as it.
+    nc = await connect_as(info.nats_url, seed_of(info.data_dir, "registry"))
     js = nc.jetstream()
     await bus.ensure_stream(js, "REGISTRY")
     await js.publish(
@@ -218,8 +220,10 @@ async def load_windows(info: RunInfo, assets: int, rows: int) -> list[str]:
     Returns once live scoring has published a prediction for every one of them, so that
     the measurements after it do not share the CPU with that first round.
     """
-    nc = await nats.connect(info.nats_url)
-    js = nc.jetstream()
+    # Telemetry goes out as ingest's identity; predictions are watched as the observer.
+    feeder = await connect_as(info.nats_url, seed_of(info.data_dir, "ingest"))
+    nc = await connect_as(info.nats_url, seed_of(info.data_dir, OBSERVER_IDENTITY))
+    js = feeder.jetstream()
     await bus.ensure_stream(js, "TELEMETRY")
     scored: set[str] = set()
     everyone = asyncio.Event()
@@ -249,6 +253,7 @@ async def load_windows(info: RunInfo, assets: int, rows: int) -> list[str]:
             pending.clear()
     await asyncio.gather(*pending)
     await asyncio.wait_for(everyone.wait(), 300)
+    await feeder.drain()
     await nc.drain()
     return [a.asset_id for a in fleet]
 
@@ -260,7 +265,7 @@ async def settled(info: RunInfo) -> None:
     writes them out for a while after inference has scored them. Latency is measured in
     the steady state after that burst, not during it.
     """
-    nc = await nats.connect(info.nats_url)
+    nc = await connect_as(info.nats_url, seed_of(info.data_dir, OBSERVER_IDENTITY))
     try:
         js = nc.jetstream()
         for _ in range(1_200):  # 2 minutes at most
@@ -479,7 +484,7 @@ async def bench_end_to_end(info: RunInfo, assets: int, seconds: float) -> dict[s
         )
 
     predicted: dict[tuple[str, int], float] = {}
-    nc = await nats.connect(info.nats_url)
+    nc = await connect_as(info.nats_url, seed_of(info.data_dir, OBSERVER_IDENTITY))
 
     async def on_prediction(msg: Any) -> None:
         at = time.monotonic()
@@ -602,8 +607,10 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
     CPU time per batch is reported too.
     """
     fleet = sim.live_fleet(assets, seed=47, prefix="direct")
-    nc = await nats.connect(info.nats_url)
-    js = nc.jetstream()
+    # Telemetry goes out as ingest's identity; predictions are watched as the observer.
+    feeder = await connect_as(info.nats_url, seed_of(info.data_dir, "ingest"))
+    nc = await connect_as(info.nats_url, seed_of(info.data_dir, OBSERVER_IDENTITY))
+    js = feeder.jetstream()
     predicted: dict[tuple[str, int], float] = {}
     scored: set[str] = set()
     everyone = asyncio.Event()
@@ -659,6 +666,7 @@ async def bench_stream_to_prediction(info: RunInfo, assets: int, seconds: float)
         await asyncio.sleep(0.1)
     cpu = cpu_seconds(pid) - cpu_before
     telemetry_stored, prediction_stored = await stored_since(js, marks)
+    await feeder.drain()
     await nc.drain()
     measured = [(a, stamp) for _, a, _, stamp in plan]
     latencies = [

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 import pytest
 import pytest_asyncio
 
@@ -31,8 +30,10 @@ from prognos.cli.client import open_channel, open_channel_with_token, secrets_of
 from prognos.cli.launcher import RunInfo
 from prognos.core import audit
 from prognos.core.anchoring import latest_anchor
+from prognos.core.busauth import OBSERVER_IDENTITY
 from prognos.core.config import SERVICES
 from prognos.core.testing import assert_eventually
+from prognos.core.testing.identities import connect_as, seed_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -73,7 +74,7 @@ async def anchored(fleet: RunInfo) -> RunInfo:
     for service in SERVICES:
         for _ in range(ENTRIES):
             await _deny(fleet, service)
-    nc = await nats.connect(fleet.nats_url)
+    nc = await connect_as(fleet.nats_url, seed_of(fleet.data_dir, OBSERVER_IDENTITY))
     try:
         js = nc.jetstream()
         for service in SERVICES:

@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 import numpy as np
 import pytest
 
@@ -20,6 +19,8 @@ from prognos.api.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from prognos.cli.client import address_of, open_channel, secrets_of
 from prognos.cli.launcher import RunInfo
 from prognos.cli.tokens import token_for
+from prognos.core.busauth import OBSERVER_IDENTITY
+from prognos.core.testing.identities import connect_as, seed_of
 from prognos.scheduler.testing import calendar, erp_asset, prediction, publish_predictions
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
@@ -104,7 +105,8 @@ async def test_the_erp_completes_a_work_order_and_names_a_bad_field(
             timeout=10,
         )
         await stub.UpsertCalendar(calendar(plant, start, 3, key=str(uuid.uuid4())), timeout=10)
-    nc = await nats.connect(fleet.nats_url)
+    # The test stands in for inference, so it signs in as inference.
+    nc = await connect_as(fleet.nats_url, seed_of(fleet.data_dir, "inference"))
     try:
         await publish_predictions(
             nc.jetstream(), [prediction(asset_id, 0.95, datetime.now(UTC), plant=plant)]
@@ -185,7 +187,7 @@ async def test_the_gateway_streams_a_batch_that_is_stored_as_sent(
         )
     assert (stored_asset.asset.plant, stored_asset.asset.asset_type) == (plant, type_name)
 
-    nc = await nats.connect(fleet.nats_url)
+    nc = await connect_as(fleet.nats_url, seed_of(fleet.data_dir, OBSERVER_IDENTITY))
     try:
         message = await nc.jetstream().get_msg("TELEMETRY", int(sequence))
     finally:

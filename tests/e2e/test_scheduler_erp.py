@@ -28,6 +28,7 @@ from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.api.scheduler.v1 import events_pb2, scheduler_pb2, scheduler_pb2_grpc
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import RunInfo
+from prognos.core.testing.identities import connect_as, seed_of
 from prognos.core.testing.waiting import assert_eventually
 from prognos.scheduler.testing import calendar, erp_asset, prediction, publish_predictions
 
@@ -186,7 +187,8 @@ async def test_an_erp_follows_work_orders_from_predictions_to_labels(fleet: RunI
         watcher = ErpWatcher(stub)
         first = asyncio.create_task(watcher.follow(stop_after=40))
 
-        nc = await nats.connect(fleet.nats_url)
+        # The test stands in for inference, so it signs in as inference.
+        nc = await connect_as(fleet.nats_url, seed_of(fleet.data_dir, "inference"))
         try:
             js = nc.jetstream()
             rng = random.Random(7)
@@ -363,7 +365,8 @@ async def test_the_cli_lists_and_shows_work_orders(fleet: RunInfo) -> None:
         await stub.UpsertAssets(
             S.UpsertAssetsRequest(idempotency_key=key(), assets=[erp_asset("cli-1", plant)])
         )
-        nc = await nats.connect(fleet.nats_url)
+        # The test stands in for inference, so it signs in as inference.
+        nc = await connect_as(fleet.nats_url, seed_of(fleet.data_dir, "inference"))
         try:
             await publish_predictions(
                 nc.jetstream(), [prediction("cli-1", 0.9, datetime.now(UTC), plant=plant)]

@@ -25,7 +25,6 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as Nats
@@ -37,9 +36,11 @@ from prognos.cli.certs import DevSecrets
 from prognos.cli.client import open_channel
 from prognos.cli.launcher import Launcher, RunInfo, ServiceRecord, ServiceSpec
 from prognos.core import bus
+from prognos.core.busauth import OBSERVER_IDENTITY
 from prognos.core.config import Settings
 from prognos.core.natsserver import free_port
 from prognos.core.testing import assert_eventually
+from prognos.core.testing.identities import connect_as, seed_of
 
 ROOT = Path(__file__).resolve().parents[3]
 INFERENCE_SETTINGS = {
@@ -135,6 +136,7 @@ class Fleet:
             **DevSecrets(data_dir / "secrets").service_environment(["inference"]),
             "PROGNOS_DATA_DIR": str(data_dir),
             "PROGNOS_NATS_URL": self.info.nats_url,
+            "PROGNOS_NATS_NKEY_SEED_FILE": str(seed_of(data_dir, "inference")),
             "PROGNOS_INFERENCE_GRPC_HOST": "127.0.0.1",
             "PROGNOS_INFERENCE_GRPC_PORT": str(port),
             "PROGNOS_INFERENCE_REPLICA_ID": replica_id,
@@ -178,6 +180,10 @@ class Watcher:
     """Predictions seen on NATS, by asset."""
 
     nc: Nats
+    #: The test stands in for the registry (the fleet runs none), so it moves aliases as the
+    #: registry's identity; the watching connection may not publish them.
+    url: str
+    registry_seed: Path
     predictions: dict[str, list[tuple[float, inference_pb2.Prediction]]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -191,16 +197,20 @@ class Watcher:
         return [p for at, p in self.predictions.get(asset_id, ()) if at >= since]
 
     async def alias(self, event: Any) -> None:
-        js = self.nc.jetstream()
-        await bus.ensure_stream(js, "REGISTRY")
-        await js.publish("registry.alias.moved", sim.envelope(event))
+        nc = await connect_as(self.url, self.registry_seed)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_stream(js, "REGISTRY")
+            await js.publish("registry.alias.moved", sim.envelope(event))
+        finally:
+            await nc.drain()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def watcher(fleet: Fleet) -> AsyncIterator[Watcher]:
     """A NATS connection that records every champion prediction."""
-    nc = await nats.connect(fleet.info.nats_url)
-    seen = Watcher(nc)
+    nc = await connect_as(fleet.info.nats_url, seed_of(fleet.info.data_dir, OBSERVER_IDENTITY))
+    seen = Watcher(nc, fleet.info.nats_url, seed_of(fleet.info.data_dir, "registry"))
 
     async def on_message(msg: Any) -> None:
         envelope = Envelope.FromString(msg.data)

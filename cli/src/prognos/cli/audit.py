@@ -41,7 +41,7 @@ from prognos.api.common.v1 import audit_pb2, audit_pb2_grpc
 from prognos.cli._tables import AsJson, Column, echo_json, listing
 from prognos.cli.client import ServiceNotRunningError, open_channel, read_run_info, secrets_of
 from prognos.cli.launcher import RunInfo
-from prognos.core import anchoring, audit, bus
+from prognos.core import anchoring, audit, bus, busauth
 from prognos.core.audit_api import entry_from_proto
 from prognos.core.auth import load_public_key
 from prognos.core.config import Settings
@@ -175,6 +175,11 @@ async def verify_running(info: RunInfo, services: list[str] | None = None) -> li
     """
     names = services or [record.name for record in info.services]
     settings = Settings.load("cli", nats_url=info.nats_url, data_dir=Path(info.data_dir))
+    if settings.nats_nkey_seed_file is None:
+        # The command line's own, read-only bus identity, made by `prognos up`.
+        seed = busauth.seed_path(busauth.identity_dir(settings.secrets_dir), busauth.CLI_IDENTITY)
+        if seed.is_file():
+            settings = settings.model_copy(update={"nats_nkey_seed_file": seed})
     nc = await bus.connect(settings, name="prognos-audit")
     try:
         js = nc.jetstream()

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from prognos.cli._tables import AsJson, Column, Wide, echo_json, listing, print_table
 from prognos.cli.certs import DevSecrets, ensure_dev_secrets
+from prognos.core import busauth
 from prognos.core.config import SERVICES, Settings
 from prognos.core.natsserver import (
     NatsEndpoint,
@@ -312,6 +313,12 @@ class Launcher:
     development secrets under ``<data_dir>/secrets`` (``ensure_dev_secrets``) and points
     the children at them: mutual TLS, role tokens and signed audit checkpoints by default.
 
+    The embedded nats-server always runs with authorization: the launcher keeps one nkey
+    seed per bus identity under ``<data_dir>/secrets/nats`` (``busauth.ensure_identities``),
+    starts the server with their public keys and permissions, and hands each service only
+    its own seed (``PROGNOS_NATS_NKEY_SEED_FILE``). A configured ``nats_url`` is the
+    operator's server, with its own identities (``PROGNOS_<SVC>_NATS_NKEY_SEED_FILE``).
+
     Use it as an async context manager, or call :meth:`start` and, always, :meth:`stop`.
     Cancelling :meth:`start` is safe: :meth:`stop` still finds every child.
 
@@ -351,6 +358,7 @@ class Launcher:
         self._info: RunInfo | None = None
         self._secrets: DevSecrets | None = None
         self._probe_credentials: grpc.ChannelCredentials | None = None
+        self._bus_seeds: dict[str, Path] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -404,7 +412,9 @@ class Launcher:
         (self._data_dir / "logs").mkdir(parents=True, exist_ok=True)
 
         self._progress("nats", "starting")
-        self._nats = await self._stack.enter_async_context(connect_or_embed(self._settings))
+        self._nats = await self._stack.enter_async_context(
+            connect_or_embed(self._settings, authorization=self._bus_authorization())
+        )
         if self._nats.server is None and not probe_nats(self._nats.url, timeout=2.0):
             raise LaunchError(f"no NATS server answers at {self._nats.url}")
         self._progress("nats", "ready" if self._nats.server else "external")
@@ -505,6 +515,23 @@ class Launcher:
             addresses[spec.name] = (host, port)
         return addresses
 
+    def _bus_authorization(self) -> str | None:
+        """Make the bus identities for an embedded server; None for a configured one."""
+        if self._settings.nats_url:
+            self._bus_seeds = {}
+            return None
+        self._bus_seeds = busauth.ensure_identities(
+            busauth.identity_dir(self._settings.secrets_dir)
+        )
+        return busauth.authorization_config(
+            {name: busauth.public_key(path) for name, path in self._bus_seeds.items()}
+        )
+
+    def _own_environment(self, service: str) -> dict[str, str]:
+        """What only this child is told: its own bus identity's seed file."""
+        seed = self._bus_seeds.get(service)
+        return {"PROGNOS_NATS_NKEY_SEED_FILE": str(seed)} if seed is not None else {}
+
     def _credentials(self, addresses: dict[str, tuple[str, int]]) -> dict[str, str]:
         """Set up TLS and tokens; return the variables that point the children at them."""
         configured = self._settings
@@ -547,7 +574,7 @@ class Launcher:
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                env={**env, "PROGNOS_SERVICE": spec.name},
+                env={**env, **self._own_environment(spec.name), "PROGNOS_SERVICE": spec.name},
                 # Own group: a terminal's Ctrl-C reaches only the launcher, which stops the
                 # children in order; die_with_parent covers a launcher that was killed.
                 process_group=0,

@@ -37,6 +37,7 @@ __all__ = [
     "authorization_config",
     "ensure_identities",
     "generate_seed",
+    "identity_dir",
     "permissions_for",
     "public_key",
     "seed_path",
@@ -202,6 +203,11 @@ def public_key(seed: bytes | str | Path) -> str:
         return str(pair.public_key.decode())
     finally:
         pair.wipe()
+
+
+def identity_dir(secrets_dir: Path) -> Path:
+    """Where ``prognos up`` keeps the bus identities' seeds: ``<secrets_dir>/nats``."""
+    return secrets_dir / "nats"
 
 
 def seed_path(directory: Path, identity: str) -> Path:

@@ -18,9 +18,11 @@ COPY --from=build /app /app
 RUN useradd --system --uid 10001 prognos && mkdir -p /var/lib/prognos && chown prognos /var/lib/prognos
 # Mount points of compose's secrets volumes: a new named volume takes the owner and mode of
 # the directory it is first mounted on, so the secrets job, running as prognos, can write
-# to it, and each service, as prognos, can read its own key.
+# to it, and each service, as prognos, can read its own key. /secrets/nats holds only the
+# NATS servers' authorization block (public keys), which the nats image's user must read.
 RUN install -d -o prognos -m 0700 /secrets/issuer /secrets/ingest /secrets/registry \
-    /secrets/inference /secrets/scheduler
+    /secrets/inference /secrets/scheduler \
+    && install -d -o prognos -m 0755 /secrets/nats
 USER prognos
 ENV PROGNOS_DATA_DIR=/var/lib/prognos
 EXPOSE 50051

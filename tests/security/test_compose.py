@@ -1,5 +1,8 @@
 """compose.yaml runs the services secure: each is given its own TLS files and the token key.
 
+NATS runs with authorization: every node loads the block the secrets job writes, and each
+service signs in with its own nkey seed, the only one it can read.
+
 The file is parsed, not run (no container engine here), but the ``secrets`` job's own command
 is: it runs against a temporary directory standing for the container's file system, and each
 service then sees exactly what its mounts would show it.
@@ -20,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from prognos.core import busauth
 from prognos.core.config import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,3 +237,83 @@ def test_no_service_sees_a_private_key_but_its_own(volumes: dict[str, Path]) -> 
         for container_path, path in _visible(spec, volumes).items():
             leaked = _is_private_key(path) and path.read_bytes() not in own
             assert not leaked, f"{name} can read the private key {container_path}"
+
+
+# --- the bus -----------------------------------------------------------------------------
+
+NATS_IMAGE = "nats:"
+SEED_SETTING = "NATS_NKEY_SEED_FILE"
+
+
+def _nats_nodes() -> dict[str, dict[str, Any]]:
+    return {
+        name: spec
+        for name, spec in _services().items()
+        if str(spec.get("image", "")).startswith(NATS_IMAGE)
+    }
+
+
+def _config_of(spec: dict[str, Any]) -> str:
+    command = [str(part) for part in spec.get("command", [])]
+    flags = [i for i, part in enumerate(command) if part in ("-c", "--config")]
+    assert flags, f"nats-server runs without a configuration file: {command}"
+    return command[flags[-1] + 1]
+
+
+def _is_seed(path: Path) -> bool:
+    return path.read_bytes().lstrip().startswith(b"SU")
+
+
+def _public_keys_in(config: str) -> set[str]:
+    return set(re.findall(r'"nkey":\s*"(U[A-Z2-7]{55})"', config))
+
+
+def test_every_nats_node_loads_the_authorization_the_secrets_job_makes(
+    volumes: dict[str, Path],
+) -> None:
+    nodes = _nats_nodes()
+    assert len(nodes) >= 3, "compose runs no NATS cluster"
+    for name, spec in nodes.items():
+        assert spec["depends_on"][JOB]["condition"] == "service_completed_successfully", name
+        where = _config_of(spec)
+        mount = _mount_of(spec, where)
+        assert mount is not None and mount[2], f"{name} reads {where} from no read-only mount"
+        config = _host_path(spec, where, volumes).read_text()
+        assert "authorization" in config, f"{name}'s {where} has no authorization block"
+        assert "no_auth_user" not in config, f"{name} lets connections without credentials in"
+        assert _public_keys_in(config), f"{name} knows no identity"
+
+
+def test_each_service_signs_in_to_nats_with_its_own_seed_alone(
+    volumes: dict[str, Path],
+) -> None:
+    node = next(iter(_nats_nodes().values()))
+    config = _host_path(node, _config_of(node), volumes).read_text()
+    known = _public_keys_in(config)
+    seen_keys: dict[str, str] = {}
+    for name, spec in _serving().items():
+        value = _setting(spec, SEED_SETTING)
+        assert value, f"{name} sets no PROGNOS_{SEED_SETTING}"
+        mount = _mount_of(spec, value)
+        assert mount is not None and mount[2], f"{name} reads {value} from no read-only mount"
+        seed = _host_path(spec, value, volumes)
+        assert _is_seed(seed), f"{name}'s {value} is no nkey seed"
+        key = busauth.public_key(seed)
+        assert key in known, f"the NATS servers do not know {name}'s identity"
+        service = spec["build"]["args"]["SERVICE"]
+        # Replicas of one service share its identity; two services never do.
+        assert seen_keys.setdefault(service, key) == key
+        others = [
+            container_path
+            for container_path, path in _visible(spec, volumes).items()
+            if _is_seed(path) and path != seed
+        ]
+        assert not others, f"{name} can read other bus identities' seeds: {others}"
+    assert len(set(seen_keys.values())) == len(seen_keys) == len(SERVICES)
+
+
+def test_the_nats_nodes_see_public_keys_only(volumes: dict[str, Path]) -> None:
+    for name, spec in _nats_nodes().items():
+        for container_path, path in _visible(spec, volumes).items():
+            assert not _is_seed(path), f"{name} can read the seed {container_path}"
+            assert not _is_private_key(path), f"{name} can read the private key {container_path}"

@@ -7,7 +7,7 @@ import prognos.core.grpc_io  # noqa: F401  (first: it sets gRPC's I/O before grp
 # isort: split
 import typer
 
-from prognos.cli import ai4i, audit, certs, failures, launcher, quarantine, tokens, traces
+from prognos.cli import ai4i, audit, buskeys, certs, failures, launcher, quarantine, tokens, traces
 from prognos.cli import ingest as ingest_commands
 from prognos.cli import models as model_commands
 from prognos.cli import training as training_commands
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command("up")(launcher.up)
 app.command("status")(launcher.status)
 app.command("certs")(certs.certs)
+app.command("bus-keys")(buskeys.bus_keys)
 app.add_typer(tokens.app, name="token")
 app.add_typer(audit.app, name="audit")
 app.add_typer(traces.app, name="trace")

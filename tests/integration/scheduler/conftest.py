@@ -1,4 +1,9 @@
-"""The scheduler service in-process: real SQLite, real nats-server, real gRPC channel."""
+"""The scheduler service in-process: real SQLite, real nats-server, real gRPC channel.
+
+The nats-server runs with the bus identities' authorization, as ``prognos up`` runs it: the
+scheduler signs in as itself, predictions arrive from a connection signed in as inference
+(``Scheduler.inference``), and the ``listener`` watches as the observer.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -20,13 +24,13 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import text
 
 from prognos.api.scheduler.v1 import scheduler_pb2_grpc
-from prognos.core import bus, telemetry
+from prognos.core import bus, busauth, telemetry
 from prognos.core.config import Settings
 from prognos.core.migrate import sync_url, upgrade
-from prognos.core.natsserver import EmbeddedNats
 from prognos.core.server import GrpcServer
 from prognos.core.service import Runtime
 from prognos.core.store import EventStore, create_engine
+from prognos.core.testing.identities import AuthorizedNats, connect_as
 from prognos.scheduler.bootstrap import TRANSLATORS, build
 
 PG_URL = os.environ.get("PROGNOS_TEST_PG_URL")
@@ -59,6 +63,8 @@ class Scheduler:
     js: JetStreamContext
     channel: grpc.aio.Channel
     stub: scheduler_pb2_grpc.MaintenanceSchedulerStub
+    #: JetStream signed in as inference, the only identity that may publish predictions.
+    inference: JetStreamContext
 
 
 @contextlib.asynccontextmanager
@@ -70,6 +76,9 @@ async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
     store = EventStore(engine, "scheduler")
     nc = await bus.connect(settings)
     js = nc.jetstream()
+    assert settings.nats_nkey_seed_file is not None, "the scheduler signs in as itself"
+    inference_seed = busauth.seed_path(settings.nats_nkey_seed_file.parent, "inference")
+    inference_nc = await connect_as(settings.nats_url or "", inference_seed)
     for stream in ("SCHEDULER", "INFERENCE"):
         await bus.ensure_stream(js, stream)
     relay = bus.OutboxRelay(store, js, poll_s=settings.relay_poll_s)
@@ -97,6 +106,7 @@ async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
             js,
             channel,
             scheduler_pb2_grpc.MaintenanceSchedulerStub(channel),
+            inference_nc.jetstream(),
         )
     finally:
         await channel.close()
@@ -104,6 +114,7 @@ async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await inference_nc.drain()
         await nc.drain()
         await engine.dispose()
 
@@ -126,7 +137,7 @@ def database(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def scheduler_settings(
-    tmp_path: Path, nats_server: EmbeddedNats, database: dict[str, Any]
+    tmp_path: Path, authorized_nats: AuthorizedNats, database: dict[str, Any]
 ) -> Callable[..., Settings]:
     """Settings of a scheduler on its own database and the test's nats-server."""
 
@@ -135,7 +146,8 @@ def scheduler_settings(
             **FAST,
             **database,
             "data_dir": tmp_path,
-            "nats_url": nats_server.url,
+            "nats_url": authorized_nats.url,
+            "nats_nkey_seed_file": authorized_nats.seeds["scheduler"],
             "grpc_port": 0,
             **overrides,
         }
@@ -161,8 +173,8 @@ async def scheduler(
 
 
 @pytest.fixture
-async def listener(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    """A plain NATS connection for watching subjects."""
-    nc = await nats.connect(nats_server.url)
+async def listener(authorized_nats: AuthorizedNats) -> AsyncIterator[Client]:
+    """A NATS connection for watching subjects, signed in as the observer."""
+    nc = await connect_as(authorized_nats.url, authorized_nats.seeds[busauth.OBSERVER_IDENTITY])
     yield nc
     await nc.drain()

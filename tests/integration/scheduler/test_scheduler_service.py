@@ -93,7 +93,7 @@ async def test_a_flapping_score_opens_one_work_order_and_a_retried_acknowledge_h
     t0 = datetime.now(UTC) - timedelta(hours=2)
     scores = [0.4, 0.79, 0.81, 0.78, 0.82, 0.79, 0.83, 0.8, 0.77, 0.85, 0.79, 0.81]
     await publish_predictions(
-        s.js,
+        s.inference,
         [
             prediction("flap-pump", p, t0 + timedelta(minutes=10 * n), plant="flap")
             for n, p in enumerate(scores)
@@ -187,7 +187,9 @@ async def test_invalid_requests_and_transitions_get_the_status_that_names_them(
 
     # A proposed order can be cancelled once; starting or completing it is not allowed.
     await setup_plant(s, "tr", [erp_asset("tr-1", "tr")], days=0, start=datetime.now(UTC))
-    await publish_predictions(s.js, [prediction("tr-1", 0.95, datetime.now(UTC), plant="tr")])
+    await publish_predictions(
+        s.inference, [prediction("tr-1", 0.95, datetime.now(UTC), plant="tr")]
+    )
     orders = await assert_eventually(lambda: orders_of(s, asset_id="tr-1"), timeout=20)
     wid = orders[0].id
     for call, request in [
@@ -229,7 +231,7 @@ async def test_more_work_than_capacity_places_the_riskiest_first_and_says_why_no
     predictions.append(prediction("t-7", 0.9, now, plant=plant, rul_hours=1))
     # No master data at all.
     predictions.append(prediction("t-8", 0.9, now, plant=plant))
-    await publish_predictions(s.js, predictions)
+    await publish_predictions(s.inference, predictions)
 
     async def all_proposed() -> None:
         orders = await orders_of(s, plant=plant)
@@ -302,7 +304,7 @@ async def test_decisions_that_open_nothing_are_listed_and_sealed_in_the_audit_ch
     s = scheduler
     now = datetime.now(UTC)
     await publish_predictions(
-        s.js,
+        s.inference,
         [
             prediction("quiet-1", 0.1, now - timedelta(minutes=2)),
             prediction("quiet-1", 0.2, now - timedelta(minutes=1)),
@@ -346,7 +348,9 @@ async def test_a_completion_is_published_as_an_outcome_label(
 
     await listener.subscribe("scheduler.outcome.recorded", cb=on_label)  # type: ignore[attr-defined]
     await setup_plant(s, "lab", [erp_asset("lab-1", "lab")])
-    await publish_predictions(s.js, [prediction("lab-1", 0.93, datetime.now(UTC), plant="lab")])
+    await publish_predictions(
+        s.inference, [prediction("lab-1", 0.93, datetime.now(UTC), plant="lab")]
+    )
 
     async def released() -> scheduler_pb2.WorkOrder:
         orders = await orders_of(s, asset_id="lab-1")
@@ -390,7 +394,9 @@ async def test_a_watch_wakes_on_commit_and_resumes_after_its_position(
     # Polling every 30 s: a change that shows within seconds was announced by its commit.
     async with start_scheduler(watch_poll_s=30.0) as s:
         call = s.stub.WatchWorkOrders(S.WatchWorkOrdersRequest())
-        await publish_predictions(s.js, [prediction("w-1", 0.9, datetime.now(UTC), plant="w")])
+        await publish_predictions(
+            s.inference, [prediction("w-1", 0.9, datetime.now(UTC), plant="w")]
+        )
         first = await asyncio.wait_for(call.read(), 10)
         call.cancel()
         assert first.event_type == "prognos.api.scheduler.v1.WorkOrderProposed"

@@ -146,7 +146,7 @@ async def test_every_change_arrives_once_by_key_after_the_endpoint_was_down_a_wh
     )
     now = datetime.now(UTC)
     await publish_predictions(
-        s.js,
+        s.inference,
         [prediction(a.asset_id, 0.9, now, plant=a.plant) for a in [*assets]]
         + [prediction("other-1", 0.9, now, plant="other")],
     )
@@ -211,7 +211,9 @@ async def test_deliveries_wait_for_a_missing_secret_and_a_wrong_one_is_refused(
     await s.stub.UpsertAssets(
         S.UpsertAssetsRequest(idempotency_key=key(), assets=[erp_asset("sec-1", "sec")])
     )
-    await publish_predictions(s.js, [prediction("sec-1", 0.9, datetime.now(UTC), plant="sec")])
+    await publish_predictions(
+        s.inference, [prediction("sec-1", 0.9, datetime.now(UTC), plant="sec")]
+    )
 
     async def waiting_for_secret() -> None:
         async with s.store.reader() as conn:

@@ -5,6 +5,8 @@ the signal handling) and hands the test its parts; several may share one nats-se
 one database, as replicas do. Telemetry is published on the TELEMETRY stream exactly as
 the ingest service publishes it, and models are announced with the registry's
 ``AliasMoved`` events, for small CNNs trained once per cache key on a simulated fleet.
+The nats-server runs with the bus identities' authorization: a replica signs in as
+inference, and the test publishes each subject as the identity that owns it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client
@@ -30,13 +31,13 @@ from nats.js import JetStreamContext
 
 from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.inference.v1 import events_pb2, inference_pb2, inference_pb2_grpc
-from prognos.core import bus, telemetry
+from prognos.core import bus, busauth, telemetry
 from prognos.core.config import Settings
 from prognos.core.migrate import upgrade
-from prognos.core.natsserver import EmbeddedNats
 from prognos.core.server import GrpcServer
 from prognos.core.service import Runtime
 from prognos.core.store import EventStore, create_engine
+from prognos.core.testing.identities import AuthorizedNats, connect_as
 from prognos.inference.bootstrap import Inference, install
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -138,14 +139,15 @@ async def running_inference(settings: Settings) -> AsyncIterator[Replica]:
 
 
 @pytest.fixture
-def inference_settings(tmp_path: Path, nats_server: EmbeddedNats) -> Callable[..., Settings]:
+def inference_settings(tmp_path: Path, authorized_nats: AuthorizedNats) -> Callable[..., Settings]:
     """Settings of a replica on the test's nats-server and a SQLite file shared by replicas."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             **FAST,
             "data_dir": tmp_path,
-            "nats_url": nats_server.url,
+            "nats_url": authorized_nats.url,
+            "nats_nkey_seed_file": authorized_nats.seeds["inference"],
             "grpc_port": 0,
             **overrides,
         }
@@ -174,16 +176,23 @@ class Observed:
 
 @dataclass
 class Bus:
-    """A test's own NATS connection: publishes telemetry and aliases, watches the output."""
+    """A test's own NATS connections: publish what inference consumes, watch its output.
+
+    Each publishes as the identity that owns its subjects on the authorized server:
+    ``js`` as ingest (telemetry, asset types), ``registry_js`` as the registry (aliases),
+    ``scheduler_js`` as the scheduler (policies); ``nc`` watches as the observer.
+    """
 
     nc: Client
     js: JetStreamContext
     observed: Observed
+    registry_js: JetStreamContext
+    scheduler_js: JetStreamContext
 
     async def alias(self, event: Any) -> None:
         """Publish an ``AliasMoved`` as the registry's relay would."""
-        await bus.ensure_stream(self.js, "REGISTRY")
-        await self.js.publish("registry.alias.moved", sim.envelope(event))
+        await bus.ensure_stream(self.registry_js, "REGISTRY")
+        await self.registry_js.publish("registry.alias.moved", sim.envelope(event))
 
     async def telemetry(
         self, asset_type: str, asset_id: str, values: np.ndarray, end_us: int
@@ -214,10 +223,15 @@ class Bus:
 
 
 @pytest.fixture
-async def nats_bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
-    """A plain NATS connection that records predictions and drift alerts."""
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
+async def nats_bus(authorized_nats: AuthorizedNats) -> AsyncIterator[Bus]:
+    """NATS connections that feed inference and record its predictions and drift alerts."""
+    seeds = authorized_nats.seeds
+    nc = await connect_as(authorized_nats.url, seeds[busauth.OBSERVER_IDENTITY])
+    owners = {
+        name: await connect_as(authorized_nats.url, seeds[name])
+        for name in ("ingest", "registry", "scheduler")
+    }
+    js = owners["ingest"].jetstream()
     for stream in ("TELEMETRY", "REGISTRY", "INFERENCE", "INGEST"):
         await bus.ensure_stream(js, stream)
     observed = Observed()
@@ -236,5 +250,7 @@ async def nats_bus(nats_server: EmbeddedNats) -> AsyncIterator[Bus]:
             observed.drift.append(event)
 
     await nc.subscribe("inference.>", cb=on_message)
-    yield Bus(nc, js, observed)
+    yield Bus(nc, js, observed, owners["registry"].jetstream(), owners["scheduler"].jetstream())
+    for owner in owners.values():
+        await owner.drain()
     await nc.drain()

@@ -31,8 +31,8 @@ async def announce(nats_bus: Bus, asset_type: str, open_probability: float, **ru
     if rul:
         event.policy.open_remaining_useful_life = rul["open_rul"]
         event.policy.close_remaining_useful_life = rul["open_rul"] * 2
-    await bus.ensure_stream(nats_bus.js, "SCHEDULER")
-    await nats_bus.js.publish("scheduler.policy.set", sim.envelope(event))
+    await bus.ensure_stream(nats_bus.scheduler_js, "SCHEDULER")
+    await nats_bus.scheduler_js.publish("scheduler.policy.set", sim.envelope(event))
 
 
 async def assert_predict_explains_alike(replica: Replica, nats_bus: Bus, fleet: list[Any]) -> None:

@@ -26,8 +26,8 @@ from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.scheduler.v1 import scheduler_pb2
 from prognos.core.config import Settings
-from prognos.core.natsserver import EmbeddedNats
 from prognos.core.testing import assert_eventually
+from prognos.core.testing.identities import AuthorizedNats
 
 from .conftest import Bus, running_inference, sim
 
@@ -96,7 +96,7 @@ def due_hours(order: S.WorkOrder, cause: inference_pb2.Prediction) -> float:
 async def test_two_asset_types_are_scored_and_ordered_on_their_own_horizons_and_modes(
     inference_settings: Any,
     nats_bus: Bus,
-    nats_server: EmbeddedNats,
+    authorized_nats: AuthorizedNats,
     model_dirs: list[Path],
     pump_model: dict[str, Any],
     tmp_path: Path,
@@ -105,7 +105,8 @@ async def test_two_asset_types_are_scored_and_ordered_on_their_own_horizons_and_
         "scheduler",
         **scheduling.FAST,
         data_dir=tmp_path / "scheduler",
-        nats_url=nats_server.url,
+        nats_url=authorized_nats.url,
+        nats_nkey_seed_file=authorized_nats.seeds["scheduler"],
         grpc_port=0,
     )
     turbofans = sim.live_fleet(4, seed=11, prefix="fan")

@@ -1,5 +1,8 @@
 """The registry in-process for tests: real SQLite, nats-server, mutual TLS, tokens, workers.
 
+The nats-server runs with the bus identities' authorization: the registry signs in as
+itself, and another service's event is published with that service's identity.
+
 Importable by path (``load_helper("registry_harness")``); it loads ``registry_data`` the
 same way.
 """
@@ -29,7 +32,7 @@ from nats.js import JetStreamContext
 from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from prognos.cli.certs import DevSecrets, ensure_dev_secrets
-from prognos.core import audit, bus
+from prognos.core import audit, bus, busauth
 from prognos.core.auth import issue_token, load_private_key
 from prognos.core.config import Settings
 from prognos.core.migrate import upgrade
@@ -37,6 +40,7 @@ from prognos.core.natsserver import EmbeddedNats
 from prognos.core.server import GrpcServer
 from prognos.core.service import Runtime, access_interceptors
 from prognos.core.store import EventStore, create_engine
+from prognos.core.testing.identities import connect_as
 from prognos.core.tls import channel_credentials, server_credentials
 from prognos.registry.bootstrap import TRANSLATORS, build
 
@@ -84,6 +88,8 @@ class Registry:
     js: JetStreamContext
     address: str
     secrets: DevSecrets
+    #: Connections signed in as the other services, by name, for events they own.
+    owners: dict[str, Client] = field(default_factory=dict)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def stub(self, subject: str, *roles: str) -> registry_pb2_grpc.ModelRegistryStub:
@@ -125,7 +131,10 @@ class Registry:
         return envelopes
 
     async def publish(self, subject: str, message: Message, *, actor: str) -> str:
-        """Publish another service's integration event as its outbox relay would."""
+        """Publish another service's integration event as its outbox relay would.
+
+        It goes out with the identity of the service that owns ``subject`` (its first token).
+        """
         event_id = str(uuid.uuid4())
         payload = AnyProto()
         payload.Pack(message)
@@ -139,10 +148,14 @@ class Registry:
             payload=payload,
         )
         envelope.time.GetCurrentTime()
-        await self.js.publish(
-            subject,
-            envelope.SerializeToString(),
-            headers={"Nats-Msg-Id": event_id, "Prognos-Type": envelope.type},
+        await (
+            self.owners[subject.partition(".")[0]]
+            .jetstream()
+            .publish(
+                subject,
+                envelope.SerializeToString(),
+                headers={"Nats-Msg-Id": event_id, "Prognos-Type": envelope.type},
+            )
         )
         return event_id
 
@@ -151,13 +164,18 @@ class Registry:
 async def running_registry(directory: Path, **overrides: Any) -> AsyncIterator[Registry]:
     """Serve the registry as ``prognos.core.service.serve`` does, without the signals."""
     secrets = ensure_dev_secrets(directory / "secrets", ["registry"])
-    async with EmbeddedNats(directory / "nats") as nats_server:
+    seeds = busauth.ensure_identities(busauth.identity_dir(secrets.root))
+    authorization = busauth.authorization_config(
+        {name: busauth.public_key(path) for name, path in seeds.items()}
+    )
+    async with EmbeddedNats(directory / "nats", authorization=authorization) as nats_server:
         settings = Settings.load(
             "registry",
             **{
                 **FAST,
                 "data_dir": directory,
                 "nats_url": nats_server.url,
+                "nats_nkey_seed_file": seeds["registry"],
                 "grpc_port": 0,
                 "tls_ca_file": secrets.ca_cert,
                 "tls_cert_file": secrets.service_cert("registry"),
@@ -188,7 +206,11 @@ async def running_registry(directory: Path, **overrides: Any) -> AsyncIterator[R
             consumer.start()
         tasks = [asyncio.create_task(job()) for job in runtime.background]
         await server.start()
-        registry = Registry(settings, store, nc, js, server.address, secrets)
+        owners = {
+            name: await connect_as(nats_server.url, seeds[name])
+            for name in ("ingest", "inference", "scheduler")
+        }
+        registry = Registry(settings, store, nc, js, server.address, secrets, owners)
         try:
             yield registry
         finally:
@@ -200,6 +222,8 @@ async def running_registry(directory: Path, **overrides: Any) -> AsyncIterator[R
             await asyncio.gather(*(c.stop() for c in runtime.consumers))
             await server.stop()
             await relay.stop()
+            for owner in owners.values():
+                await owner.drain()
             await nc.drain()
             await engine.dispose()
 

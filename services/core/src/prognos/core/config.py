@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
+    # Every request is checked against the limits its contract declares (protovalidate);
+    # turning it off is for measuring what the check costs, never for production.
+    request_validation: bool = True
     relay_batch_size: int = 500
     relay_poll_s: float = 2.0
     consumer_batch_size: int = 100

@@ -172,6 +172,14 @@ class Settings(BaseSettings):
     telemetry_window: int = 64
     telemetry_stall_timeout_s: float = 10.0
     telemetry_audit_interval_s: float = 60.0
+    # File uploads (ingest): the longest line and the most lines of one uploaded file, the
+    # most distinct assets it may hold, how many uploads one caller may run at once, and how
+    # long an upload may wait for its next message before it is ended.
+    upload_max_line_bytes: int = 64 << 10
+    upload_max_lines: int = 20_000_000
+    upload_max_assets: int = 10_000
+    upload_max_concurrent: int = 4
+    upload_idle_timeout_s: float = 30.0
     # Telemetry archive (ingest): Parquet files under archive_dir (default data_dir/archive),
     # written when this many rows are buffered or the oldest buffered batch is this old.
     archive_enabled: bool = True

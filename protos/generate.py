@@ -18,6 +18,13 @@ PROTO_PACKAGE_DIR = PROTO_ROOT / "prognos" / "api"
 OUT_ROOT = HERE / "src"
 OUT_PACKAGE_DIR = OUT_ROOT / "prognos" / "api"
 
+# Vendored upstream protos generated beside ours: the protovalidate package validates with a
+# native engine and ships no google.protobuf module for its rules, which every generated
+# Prognos module imports (``from buf.validate import validate_pb2``). See buf/README.md.
+VENDORED_PROTOS = (Path("buf/validate/validate.proto"),)
+# The packages below src/ that the generator writes, each compared and synced as a whole.
+GENERATED_PACKAGES = (Path("prognos/api"), Path("buf"))
+
 # Generated code embeds the generator's version (gencode checks, stub syntax), so a different
 # toolchain would show up as a diff in every file: pin the major.minor that produced the
 # committed code, and bump it here on purpose.
@@ -80,6 +87,9 @@ def _docstring(package_dir: Path, out_root: Path) -> str:
     rel = package_dir.relative_to(out_root)
     if rel == Path("prognos/api"):
         return ROOT_DOCSTRING
+    if rel.parts[0] == "buf":
+        name = ".".join(rel.parts)
+        return f"Generated code for {name}, vendored from protovalidate (do not edit)."
     return f"Generated code for {'.'.join(rel.parts)} (do not edit)."
 
 
@@ -108,12 +118,14 @@ def generate_into(out_root: Path) -> None:
         f"--mypy_out=quiet:{out_root}",
         f"--mypy_grpc_out=quiet:{out_root}",
         *(str(p) for p in proto_files()),
+        *(str(p) for p in VENDORED_PROTOS),
     ]
     subprocess.run(args, check=True, cwd=PROTO_ROOT)
     package_dir = out_root / "prognos" / "api"
     package_dir.mkdir(parents=True, exist_ok=True)
-    for directory in sorted({package_dir, *(p for p in package_dir.rglob("*") if p.is_dir())}):
-        (directory / "__init__.py").write_text(f'"""{_docstring(directory, out_root)}"""\n')
+    for top in (package_dir, out_root / "buf"):
+        for directory in sorted({top, *(p for p in top.rglob("*") if p.is_dir())}):
+            (directory / "__init__.py").write_text(f'"""{_docstring(directory, out_root)}"""\n')
     # PEP 561: the .pyi stubs are the package's types.
     (package_dir / "py.typed").write_text("")
 
@@ -184,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="prognos-protos-") as tmp:
         fresh_root = Path(tmp)
         generate_into(fresh_root)
-        fresh_dir = fresh_root / "prognos" / "api"
         if options.check:
-            stale = stale_files(fresh_dir, OUT_PACKAGE_DIR)
+            stale = [
+                f"{line} (in {package})"
+                for package in GENERATED_PACKAGES
+                for line in stale_files(fresh_root / package, OUT_ROOT / package)
+            ]
             if stale:
                 print(
                     "generated code is stale; run `uv run --frozen python protos/generate.py`:",
@@ -197,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"generated code is up to date ({len(proto_files())} proto files)")
             return 0
-        _sync(fresh_dir, OUT_PACKAGE_DIR)
+        for package in GENERATED_PACKAGES:
+            _sync(fresh_root / package, OUT_ROOT / package)
     print(f"generated {len(proto_files())} proto files into {OUT_PACKAGE_DIR.relative_to(HERE)}")
     return 0
 

@@ -3,6 +3,9 @@
 ``ingest_address`` is an ingest process of its own (``python -m prognos.ingest serve``) on
 an embedded nats-server and a SQLite file, so an input that froze its event loop freezes
 only that process, and the test sees it as a missed deadline.
+
+``fleet`` is all four services as ``prognos up`` starts them: mutual TLS, token checks, the
+embedded nats-server; ``FLEET_SETTINGS`` shortens the limits a test has to wait for.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import pytest
 import pytest_asyncio
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from prognos.cli.launcher import Launcher, LaunchError, RunInfo
+from prognos.core.config import Settings
 from prognos.core.natsserver import EmbeddedNats, free_port
 from prognos.core.testing.waiting import assert_eventually
 
@@ -70,3 +75,30 @@ async def ingest_address(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
         finally:
             process.kill()  # it may be stuck in a computation that SIGTERM cannot interrupt
             await asyncio.to_thread(process.wait, 10)
+
+
+FLEET_SETTINGS = {
+    # A stalled upload is cut off after 6 s instead of 30, so a test waits for it briefly.
+    "PROGNOS_UPLOAD_IDLE_TIMEOUT_S": "6",
+}
+"""Settings the ``fleet`` fixture's services run with (beside the launcher's)."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunInfo]:
+    """All four services with mutual TLS and token checks, shared by a module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("PROGNOS_")]:
+            patch.delenv(key)
+        for key, value in FLEET_SETTINGS.items():
+            patch.setenv(key, value)
+        data_dir = tmp_path_factory.mktemp("fleet") / "data"
+        try:
+            launcher = await Launcher(Settings.load("launcher", data_dir=data_dir)).__aenter__()
+        except LaunchError as error:
+            pytest.fail(f"{error}\n{error.detail}")
+        try:
+            assert launcher.info is not None
+            yield launcher.info
+        finally:
+            await launcher.stop()

@@ -81,6 +81,22 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
+    # gRPC server limits (every service): concurrent streams per connection (more calls wait
+    # on the client), the largest request message, how long a connection lives before the
+    # server asks the client to reconnect (GOAWAY) and how long its calls may then finish,
+    # how often an idle connection is pinged and how long an answer may take, and how often
+    # a client may ping without data before it is told off (two strikes close it).
+    grpc_max_concurrent_streams: int = 256
+    grpc_max_receive_message_bytes: int = 4 << 20
+    grpc_max_connection_age_s: float = 3600.0
+    grpc_max_connection_age_grace_s: float = 300.0
+    grpc_keepalive_time_s: float = 60.0
+    grpc_keepalive_timeout_s: float = 20.0
+    grpc_min_ping_interval_s: float = 30.0
+    grpc_max_ping_strikes: int = 2
+    # Every request is checked against the limits its contract declares (protovalidate);
+    # turning it off is for measuring what the check costs, never for production.
+    request_validation: bool = True
     relay_batch_size: int = 500
     relay_poll_s: float = 2.0
     consumer_batch_size: int = 100
@@ -160,6 +176,14 @@ class Settings(BaseSettings):
     telemetry_window: int = 64
     telemetry_stall_timeout_s: float = 10.0
     telemetry_audit_interval_s: float = 60.0
+    # File uploads (ingest): the longest line and the most lines of one uploaded file, the
+    # most distinct assets it may hold, how many uploads one caller may run at once, and how
+    # long an upload may wait for its next message before it is ended.
+    upload_max_line_bytes: int = 64 << 10
+    upload_max_lines: int = 20_000_000
+    upload_max_assets: int = 10_000
+    upload_max_concurrent: int = 4
+    upload_idle_timeout_s: float = 30.0
     # Telemetry archive (ingest): Parquet files under archive_dir (default data_dir/archive),
     # written when this many rows are buffered or the oldest buffered batch is this old.
     archive_enabled: bool = True

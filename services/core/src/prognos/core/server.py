@@ -49,6 +49,7 @@ __all__ = [
     "REFLECTION_SERVICE",
     "REFLECTION_V1_SERVICE",
     "GrpcServer",
+    "server_limits",
     "wait_for_serving",
 ]
 
@@ -129,6 +130,35 @@ def _add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> No
     )
 
 
+def server_limits(settings: Settings) -> list[tuple[str, int]]:
+    """The grpc server options that bound what one client can hold open or send.
+
+    Args:
+        settings: Uses the ``grpc_*`` limits (streams, message size, connection age and
+            keepalive).
+
+    Returns:
+        ``(option, value)`` pairs for ``grpc.aio.server(options=...)``.
+    """
+
+    def ms(seconds: float) -> int:
+        return round(seconds * 1000)
+
+    return [
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_receive_message_length", settings.grpc_max_receive_message_bytes),
+        ("grpc.max_connection_age_ms", ms(settings.grpc_max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.grpc_max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(settings.grpc_keepalive_timeout_s)),
+        # A client's keepalive pings on a connection without calls are allowed, but not
+        # more often than this; faster ones are strikes, and too many close the connection.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.grpc_min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
+    ]
+
+
 class _InfoServicer(info_pb2_grpc.InfoServiceServicer):
     """Answers ``InfoService.GetInfo`` for this process."""
 
@@ -170,7 +200,8 @@ class GrpcServer:
         """Build the server; nothing is bound until ``start``.
 
         Args:
-            settings: Uses ``service``, ``grpc_host``, ``grpc_port`` and ``shutdown_grace_s``.
+            settings: Uses ``service``, ``grpc_host``, ``grpc_port``, ``shutdown_grace_s`` and
+                the ``grpc_*`` limits (see ``server_limits``).
             version: The running build's version, reported by ``InfoService``.
             extra_interceptors: Interceptors run after tracing and error mapping, in order
                 (auth goes here), so their errors are mapped and traced too.
@@ -191,7 +222,7 @@ class GrpcServer:
             *extra_interceptors,
         ]
         # SO_REUSEPORT would let a second process bind a busy port and silently share it.
-        self._options = [("grpc.so_reuseport", 0), *options]
+        self._options = [("grpc.so_reuseport", 0), *server_limits(settings), *options]
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._services: list[tuple[AddServicerFn, Any, str]] = []

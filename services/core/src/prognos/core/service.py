@@ -8,7 +8,8 @@ drain gRPC, drain NATS, dispose the engine, flush spans.
 
 Every service gets the same security and audit plumbing here, with no code of its own:
 mutual TLS from the ``tls_*`` files, the token and role check of every RPC with
-``auth_public_key_file`` (denials audited in the service's chain), ``AuditService`` over
+``auth_public_key_file`` (denials audited in the service's chain), the check of every request
+against the limits its contract declares (``prognos.core.validation``), ``AuditService`` over
 its chain, and the anchor that publishes the chain's head to the ``AUDIT`` stream. It
 fails closed: without those files a service refuses to start, unless
 ``insecure_development`` says it runs for development on loopback (``require_security``).
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prognos.api.common.v1 import audit_pb2_grpc
-from prognos.core import anchoring, auth, bus, telemetry, tls
+from prognos.core import anchoring, auth, bus, telemetry, tls, validation
 from prognos.core.audit_api import AUDIT_SERVICE, AuditServicer
 from prognos.core.config import Settings
 from prognos.core.server import GrpcServer
@@ -137,7 +138,11 @@ async def serve(
             settings,
             version=version,
             error_translators=translators,  # type: ignore[arg-type]
-            extra_interceptors=access_interceptors(settings, store),
+            # Authentication first: a denied caller is answered before its request is read.
+            extra_interceptors=[
+                *access_interceptors(settings, store),
+                *validation_interceptors(settings),
+            ],
             credentials=tls.server_credentials(settings),
             options=server_options,
         )
@@ -252,6 +257,25 @@ def access_interceptors(
             public_key, store, service=settings.service, issuer=settings.auth_issuer
         )
     ]
+
+
+def validation_interceptors(settings: Settings) -> list[validation.ValidationInterceptor]:
+    """The interceptor that checks every request against its contract's declared limits.
+
+    Args:
+        settings: Uses ``request_validation``.
+
+    Returns:
+        ``[ValidationInterceptor]``, or ``[]`` with a WARNING when validation is turned off.
+    """
+    if not settings.request_validation:
+        log.warning(
+            "%s: request validation is OFF (PROGNOS_REQUEST_VALIDATION=false): requests are "
+            "not checked against the limits their contracts declare",
+            settings.service,
+        )
+        return []
+    return [validation.ValidationInterceptor()]
 
 
 async def _drain(nc: Client) -> None:

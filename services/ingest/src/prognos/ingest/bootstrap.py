@@ -11,7 +11,7 @@ from prognos.core.service import Runtime
 from prognos.ingest import consumers
 from prognos.ingest.archive_process import ArchiveProcess
 from prognos.ingest.domain import AssetInvalidError, AssetTypeInvalidError, SnapshotInvalidError
-from prognos.ingest.files import FileImporter
+from prognos.ingest.files import FileImporter, UploadLimits
 from prognos.ingest.formats import FileFormatError
 from prognos.ingest.grpc_api import SERVICE_NAME, IngestServicer, add_ingest_service
 from prognos.ingest.intake import Catalog, Intake
@@ -67,6 +67,11 @@ async def build(runtime: Runtime) -> None:
         settings.data_dir / "uploads",
         window=settings.telemetry_window,
         stall_timeout_s=settings.telemetry_stall_timeout_s,
+        limits=UploadLimits(
+            max_line_bytes=settings.upload_max_line_bytes,
+            max_lines=settings.upload_max_lines,
+            max_assets=settings.upload_max_assets,
+        ),
     )
     recorder = QuarantineRecorder(runtime.store, runtime.js, catalog)
     runtime.background.append(recorder.run)

@@ -49,11 +49,20 @@ if TYPE_CHECKING:
     from prognos.core.store import EventStore
     from prognos.ingest.intake import Intake
 
-__all__ = ["MAX_UPLOAD_BYTES", "FileImport", "FileImporter", "ImportResult"]
+__all__ = [
+    "LIMIT_REASON",
+    "MAX_UPLOAD_BYTES",
+    "FileImport",
+    "FileImporter",
+    "ImportResult",
+    "UploadLimits",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 4 << 30
+LIMIT_REASON = "UPLOAD_LIMIT_EXCEEDED"
+"""``ErrorInfo.reason`` of an upload refused for one of its ``UploadLimits``."""
 CMAPSS_ORIGIN = datetime(2020, 1, 1, tzinfo=UTC)
 _FORMAT = ingest_pb2.TelemetryFileFormat
 _KIND = ingest_pb2.TimeColumnKind
@@ -100,6 +109,73 @@ class ImportResult:
         )
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one uploaded file may hold (the ``upload_*`` settings).
+
+    Attributes:
+        max_line_bytes: The longest line, in bytes without its newline.
+        max_lines: The most lines (a header line counts).
+        max_assets: The most distinct assets.
+    """
+
+    max_line_bytes: int = 64 << 10
+    max_lines: int = 20_000_000
+    max_assets: int = 10_000
+
+
+class _LineScan:
+    """Counts lines and checks their length as chunks arrive, before anything is parsed.
+
+    An endless line (no newline at all) is refused once it passes the limit, so the spool
+    never grows a line the parser would have to hold whole.
+    """
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self._limits = limits
+        self.lines = 0  # lines ended by a newline so far
+        self._run = 0  # bytes since the last newline
+
+    def add(self, chunk: bytes) -> None:
+        newlines = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
+        limit = self._limits.max_line_bytes
+        if newlines.size == 0:
+            self._run += len(chunk)
+            if self._run > limit:
+                self._too_long(self.lines + 1)
+            return
+        # Length of every line that ends in this chunk; the first began in earlier chunks.
+        ends = np.concatenate(([-1 - self._run], newlines))
+        lengths = np.diff(ends) - 1
+        longest = int(np.argmax(lengths))
+        if lengths[longest] > limit:
+            self._too_long(self.lines + longest + 1)
+        self.lines += int(newlines.size)
+        self._run = len(chunk) - int(newlines[-1]) - 1
+        if self.lines > self._limits.max_lines:
+            self._too_many()
+
+    def finish(self) -> None:
+        if self._run and self.lines + 1 > self._limits.max_lines:
+            self._too_many()
+
+    def _too_long(self, line: int) -> None:
+        limit = self._limits.max_line_bytes
+        raise InvalidArgumentError(
+            [("file", f"line {line} is longer than {limit} bytes (upload_max_line_bytes)")],
+            reason=LIMIT_REASON,
+            metadata={"limit": "upload_max_line_bytes", "line": str(line)},
+        )
+
+    def _too_many(self) -> None:
+        limit = self._limits.max_lines
+        raise InvalidArgumentError(
+            [("file", f"more than {limit} lines (upload_max_lines); split the file")],
+            reason=LIMIT_REASON,
+            metadata={"limit": "upload_max_lines"},
+        )
+
+
 class _Prefixed(io.RawIOBase):
     """A file with a line put in front (a header for a file that has none)."""
 
@@ -132,6 +208,7 @@ class FileImporter:
         window: batches in flight to JetStream.
         stall_timeout_s: how long a receipt may take.
         on_labels: told when labels were recorded (the archive writes them).
+        limits: what one file may hold.
     """
 
     def __init__(
@@ -143,8 +220,10 @@ class FileImporter:
         window: int,
         stall_timeout_s: float,
         on_labels: Callable[[], None] = lambda: None,
+        limits: UploadLimits | None = None,
     ) -> None:
         self._store = store
+        self._limits = limits or UploadLimits()
         self._intake = intake
         self._spool = spool_dir
         self._window = window
@@ -245,10 +324,23 @@ class FileImporter:
 
     # -- the bytes ------------------------------------------------------------------------
 
-    async def spool(self, chunks: AsyncIterator[bytes]) -> tuple[Path, str, int]:
-        """Write the chunks to a temporary file; returns its path, content hash and size."""
+    async def spool(
+        self, chunks: AsyncIterator[bytes], *, check_lines: bool = True
+    ) -> tuple[Path, str, int]:
+        """Write the chunks to a temporary file; returns its path, content hash and size.
+
+        Args:
+            chunks: the file's bytes.
+            check_lines: refuse the file as soon as a line or the line count passes the
+                limits (a reader that quarantines long lines itself turns this off).
+
+        Raises:
+            InvalidArgumentError: the file is too large, or (``check_lines``) has a line
+                longer than ``upload_max_line_bytes`` or more than ``upload_max_lines``.
+        """
         self._spool.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
+        scan = _LineScan(self._limits) if check_lines else None
         size = 0
         handle = tempfile.NamedTemporaryFile(dir=self._spool, suffix=".upload", delete=False)
         path = Path(handle.name)
@@ -260,8 +352,12 @@ class FileImporter:
                         raise InvalidArgumentError(
                             [("chunk", f"the file exceeds {MAX_UPLOAD_BYTES} bytes")]
                         )
+                    if scan is not None:
+                        scan.add(chunk)
                     digest.update(chunk)
                     handle.write(chunk)
+            if scan is not None:
+                scan.finish()
         except BaseException:
             await asyncio.to_thread(path.unlink, missing_ok=True)
             raise
@@ -342,6 +438,7 @@ class FileImporter:
         reader = self._reader(plan, source)
         in_flight: collections.deque[Pending] = collections.deque()
         registered: set[str] = set()
+        assets: set[str] = set()
         last_time: dict[str, int] = {}
         run_to_failure = plan.header.run_to_failure
         try:
@@ -352,6 +449,20 @@ class FileImporter:
                     break
                 result.batches += 1
                 raw = _raw(batch, f"file:{key}:{index}", plan)
+                if raw.asset_id not in assets:
+                    if len(assets) >= self._limits.max_assets:
+                        raise InvalidArgumentError(
+                            [
+                                (
+                                    "file",
+                                    f"more than {self._limits.max_assets} distinct assets "
+                                    "(upload_max_assets); split the file",
+                                )
+                            ],
+                            reason=LIMIT_REASON,
+                            metadata={"limit": "upload_max_assets"},
+                        )
+                    assets.add(raw.asset_id)
                 await self._ensure_asset(raw.asset_id, plan, registered)
                 index += 1
                 if run_to_failure and raw.rows:

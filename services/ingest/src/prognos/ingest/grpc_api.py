@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,12 @@ from google.protobuf.message import DecodeError, Message
 
 from prognos.api.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from prognos.core.context import current_actor
-from prognos.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from prognos.core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from prognos.ingest import adapters, handlers
 from prognos.ingest.domain import (
     AssetSpec,
@@ -116,12 +121,30 @@ def _guarded(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+async def _next_message(iterator: AsyncIterator[Any], idle_s: float) -> Any:
+    """The upload's next message, or None at its end; a stalled sender is cut off."""
+    try:
+        return await asyncio.wait_for(anext(iterator, None), idle_s)
+    except TimeoutError:
+        raise ResourceExhaustedError(
+            f"the upload sent nothing for {idle_s:g} s (upload_idle_timeout_s); "
+            "send the file's messages without pausing",
+            reason="UPLOAD_IDLE",
+            violations=[("upload_idle_timeout_s", f"at most {idle_s:g} s between messages")],
+            metadata={"limit": "upload_idle_timeout_s"},
+        ) from None
+
+
 async def _header_and_chunks(
-    request_iterator: AsyncIterator[Any],
+    request_iterator: AsyncIterator[Any], idle_s: float
 ) -> tuple[Any, AsyncIterator[bytes]]:
-    """The header of an upload (its first message) and an iterator of its chunks."""
+    """The header of an upload (its first message) and an iterator of its chunks.
+
+    Each message must arrive within ``idle_s`` of the one before (of the call's start for
+    the header), or the upload ends with RESOURCE_EXHAUSTED naming ``upload_idle_timeout_s``.
+    """
     iterator = aiter(request_iterator)
-    first = await anext(iterator, None)
+    first = await _next_message(iterator, idle_s)
     if first is None:
         raise InvalidArgumentError([("header", "send the file's header first")])
     if isinstance(first, Unreadable):
@@ -131,7 +154,7 @@ async def _header_and_chunks(
 
     async def chunks() -> AsyncIterator[bytes]:
         index = 1
-        async for request in iterator:
+        while (request := await _next_message(iterator, idle_s)) is not None:
             if isinstance(request, Unreadable):
                 raise _unreadable(request, f"messages[{index}]")
             if request.WhichOneof("content") != "chunk":
@@ -215,6 +238,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._stall = settings.telemetry_stall_timeout_s
         self._window = max(1, settings.telemetry_window)
         self._background: set[asyncio.Task[None]] = set()
+        self._uploads: dict[str, int] = {}  # uploads running per caller
         self._failures = FailureHistoryImporter(
             store,
             intake,
@@ -389,12 +413,43 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    @contextlib.contextmanager
+    def _upload_slot(self, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Count one upload of the caller; refuse it when the caller runs too many already."""
+        caller = current_actor() or context.peer() or ""
+        limit = self._settings.upload_max_concurrent
+        if self._uploads.get(caller, 0) >= limit:
+            raise ResourceExhaustedError(
+                f"at most {limit} uploads at once per caller (upload_max_concurrent); "
+                "retry when one has finished",
+                reason="TOO_MANY_UPLOADS",
+                retry_after_s=1.0,
+                violations=[("upload_max_concurrent", f"at most {limit} uploads at once")],
+                metadata={"limit": "upload_max_concurrent"},
+            )
+        self._uploads[caller] = self._uploads.get(caller, 0) + 1
+        try:
+            yield
+        finally:
+            self._uploads[caller] -= 1
+            if not self._uploads[caller]:
+                del self._uploads[caller]
+
     async def UploadTelemetryFile(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadTelemetryFileRequest | Unreadable],
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.UploadTelemetryFileResponse:
-        header, chunks = await _header_and_chunks(request_iterator)
+        with self._upload_slot(context):
+            return await self._upload_telemetry_file(request_iterator)
+
+    async def _upload_telemetry_file(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadTelemetryFileRequest | Unreadable],
+    ) -> ingest_pb2.UploadTelemetryFileResponse:
+        header, chunks = await _header_and_chunks(
+            request_iterator, self._settings.upload_idle_timeout_s
+        )
         plan = self._files.plan(header)
         path, content_hash, size = await self._files.spool(chunks)
         try:
@@ -426,7 +481,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         request_iterator: AsyncIterator[ingest_pb2.ImportFailureHistoryRequest | Unreadable],
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.ImportFailureHistoryResponse:
-        header, chunks = await _header_and_chunks(request_iterator)
+        with self._upload_slot(context):
+            return await self._import_failure_history(request_iterator)
+
+    async def _import_failure_history(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.ImportFailureHistoryRequest | Unreadable],
+    ) -> ingest_pb2.ImportFailureHistoryResponse:
+        header, chunks = await _header_and_chunks(
+            request_iterator, self._settings.upload_idle_timeout_s
+        )
         plan = plan_of(header)
         path, content_hash, size = await self._failures.spool(chunks)
         try:

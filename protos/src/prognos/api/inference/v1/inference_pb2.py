@@ -22,19 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.common.v1 import access_pb2 as prognos_dot_api_dot_common_dot_v1_dot_access__pb2
 from prognos.api.ingest.v1 import ingest_pb2 as prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(prognos/api/inference/v1/inference.proto\x12\x18prognos.api.inference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"j\n\nTimeWindow\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13RemainingUsefulLife\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x10\n\x06\x63ycles\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"J\n\x12SensorContribution\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\r\n\x05value\x18\x03 \x01(\x01\"\xe6\x04\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12\r\n\x05plant\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x66\x61ilure_probability\x18\x06 \x01(\x01\x12\x36\n\x07horizon\x18\x07 \x01(\x0b\x32%.prognos.api.ingest.v1.FailureHorizon\x12:\n\x03rul\x18\x08 \x01(\x0b\x32-.prognos.api.inference.v1.RemainingUsefulLife\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x14\n\x0cinput_digest\x18\n \x01(\t\x12\x41\n\x0btop_sensors\x18\x0b \x03(\x0b\x32,.prognos.api.inference.v1.SensorContribution\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x34\n\x06window\x18\r \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12+\n\x07made_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rfailure_modes\x18\x0f \x03(\x0b\x32).prognos.api.inference.v1.FailureModeRisk\x12\x1a\n\ranomaly_score\x18\x10 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_anomaly_score\"<\n\x0f\x46\x61ilureModeRisk\x12\x14\n\x0c\x66\x61ilure_mode\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xa5\x01\n\x0ePredictRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x34\n\x06window\x18\x02 \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12\x37\n\x08readings\x18\x03 \x01(\x0b\x32%.prognos.api.ingest.v1.TelemetryBatch\x12\x12\n\nasset_type\x18\x04 \x01(\t\"K\n\x0fPredictResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"K\n\x13PredictBatchRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\r\n\x05plant\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\"B\n\x0fPredictionError\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x01\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.prognos.api.inference.v1.Prediction\x12\x39\n\x06\x65rrors\x18\x02 \x03(\x0b\x32).prognos.api.inference.v1.PredictionError\"v\n\x18StreamPredictionsRequest\x12\r\n\x05plant\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x1f\n\x17min_failure_probability\x18\x03 \x01(\x01\x12\x16\n\x0einclude_shadow\x18\x04 \x01(\x08\"U\n\x19StreamPredictionsResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"1\n\x16GetServingStateRequest\x12\x17\n\x0finclude_windows\x18\x01 \x01(\x08\"x\n\x10ShadowComparison\x12\r\n\x05pairs\x18\x01 \x01(\x04\x12!\n\x19mean_abs_probability_diff\x18\x02 \x01(\x01\x12\x19\n\x11mean_abs_rul_diff\x18\x03 \x01(\x01\x12\x17\n\x0f\x61lert_agreement\x18\x04 \x01(\x01\"\xe3\x01\n\x0cServedModels\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x18\n\x10\x63hampion_version\x18\x02 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x03 \x01(\t\x12\x15\n\rwindow_length\x18\x04 \x01(\r\x12:\n\x06shadow\x18\x05 \x01(\x0b\x32*.prognos.api.inference.v1.ShadowComparison\x12\x36\n\x12\x63hampion_loaded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\nLiveWindow\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x15\n\rcapacity_rows\x18\x04 \x01(\r\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x35\n\x11last_reading_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrebuilding\x18\x07 \x01(\x08\".\n\x07Replica\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xfc\x01\n\x17GetServingStateResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x33\n\x08replicas\x18\x02 \x03(\x0b\x32!.prognos.api.inference.v1.Replica\x12\x36\n\x06models\x18\x03 \x03(\x0b\x32&.prognos.api.inference.v1.ServedModels\x12\x13\n\x0b\x61sset_count\x18\x04 \x01(\x04\x12\x14\n\x0cwindow_bytes\x18\x05 \x01(\x04\x12\x35\n\x07windows\x18\x06 \x03(\x0b\x32$.prognos.api.inference.v1.LiveWindow2\xb2\x04\n\x10InferenceService\x12v\n\x07Predict\x12(.prognos.api.inference.v1.PredictRequest\x1a).prognos.api.inference.v1.PredictResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp\x12\x80\x01\n\x0cPredictBatch\x12-.prognos.api.inference.v1.PredictBatchRequest\x1a..prognos.api.inference.v1.PredictBatchResponse\"\x11\x8a\xb5\x18\r\n\x0bml-engineer\x12\x96\x01\n\x11StreamPredictions\x12\x32.prognos.api.inference.v1.StreamPredictionsRequest\x1a\x33.prognos.api.inference.v1.StreamPredictionsResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp0\x01\x12\x89\x01\n\x0fGetServingState\x12\x30.prognos.api.inference.v1.GetServingStateRequest\x1a\x31.prognos.api.inference.v1.GetServingStateResponse\"\x11\x8a\xb5\x18\r\n\x0bml-engineerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(prognos/api/inference/v1/inference.proto\x12\x18prognos.api.inference.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"j\n\nTimeWindow\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13RemainingUsefulLife\x12-\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x10\n\x06\x63ycles\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"J\n\x12SensorContribution\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\r\n\x05value\x18\x03 \x01(\x01\"\xe6\x04\n\nPrediction\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12\r\n\x05plant\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x66\x61ilure_probability\x18\x06 \x01(\x01\x12\x36\n\x07horizon\x18\x07 \x01(\x0b\x32%.prognos.api.ingest.v1.FailureHorizon\x12:\n\x03rul\x18\x08 \x01(\x0b\x32-.prognos.api.inference.v1.RemainingUsefulLife\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x14\n\x0cinput_digest\x18\n \x01(\t\x12\x41\n\x0btop_sensors\x18\x0b \x03(\x0b\x32,.prognos.api.inference.v1.SensorContribution\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x34\n\x06window\x18\r \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12+\n\x07made_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rfailure_modes\x18\x0f \x03(\x0b\x32).prognos.api.inference.v1.FailureModeRisk\x12\x1a\n\ranomaly_score\x18\x10 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_anomaly_score\"<\n\x0f\x46\x61ilureModeRisk\x12\x14\n\x0c\x66\x61ilure_mode\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xb9\x01\n\x0ePredictRequest\x12\x1a\n\x08\x61sset_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x34\n\x06window\x18\x02 \x01(\x0b\x32$.prognos.api.inference.v1.TimeWindow\x12\x37\n\x08readings\x18\x03 \x01(\x0b\x32%.prognos.api.ingest.v1.TelemetryBatch\x12\x1c\n\nasset_type\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\"K\n\x0fPredictResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"q\n\x13PredictBatchRequest\x12#\n\tasset_ids\x18\x01 \x03(\tB\x10\xbaH\r\x92\x01\n\x10\x90N\"\x05r\x03\x18\xc8\x01\x12\x17\n\x05plant\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1c\n\nasset_type\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\"B\n\x0fPredictionError\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x01\n\x14PredictBatchResponse\x12\x39\n\x0bpredictions\x18\x01 \x03(\x0b\x32$.prognos.api.inference.v1.Prediction\x12\x39\n\x06\x65rrors\x18\x02 \x03(\x0b\x32).prognos.api.inference.v1.PredictionError\"\x8a\x01\n\x18StreamPredictionsRequest\x12\x17\n\x05plant\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1c\n\nasset_type\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x1f\n\x17min_failure_probability\x18\x03 \x01(\x01\x12\x16\n\x0einclude_shadow\x18\x04 \x01(\x08\"U\n\x19StreamPredictionsResponse\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"1\n\x16GetServingStateRequest\x12\x17\n\x0finclude_windows\x18\x01 \x01(\x08\"x\n\x10ShadowComparison\x12\r\n\x05pairs\x18\x01 \x01(\x04\x12!\n\x19mean_abs_probability_diff\x18\x02 \x01(\x01\x12\x19\n\x11mean_abs_rul_diff\x18\x03 \x01(\x01\x12\x17\n\x0f\x61lert_agreement\x18\x04 \x01(\x01\"\xe3\x01\n\x0cServedModels\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x18\n\x10\x63hampion_version\x18\x02 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x03 \x01(\t\x12\x15\n\rwindow_length\x18\x04 \x01(\r\x12:\n\x06shadow\x18\x05 \x01(\x0b\x32*.prognos.api.inference.v1.ShadowComparison\x12\x36\n\x12\x63hampion_loaded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\nLiveWindow\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x15\n\rcapacity_rows\x18\x04 \x01(\r\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x35\n\x11last_reading_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrebuilding\x18\x07 \x01(\x08\".\n\x07Replica\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xfc\x01\n\x17GetServingStateResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x33\n\x08replicas\x18\x02 \x03(\x0b\x32!.prognos.api.inference.v1.Replica\x12\x36\n\x06models\x18\x03 \x03(\x0b\x32&.prognos.api.inference.v1.ServedModels\x12\x13\n\x0b\x61sset_count\x18\x04 \x01(\x04\x12\x14\n\x0cwindow_bytes\x18\x05 \x01(\x04\x12\x35\n\x07windows\x18\x06 \x03(\x0b\x32$.prognos.api.inference.v1.LiveWindow2\xb2\x04\n\x10InferenceService\x12v\n\x07Predict\x12(.prognos.api.inference.v1.PredictRequest\x1a).prognos.api.inference.v1.PredictResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp\x12\x80\x01\n\x0cPredictBatch\x12-.prognos.api.inference.v1.PredictBatchRequest\x1a..prognos.api.inference.v1.PredictBatchResponse\"\x11\x8a\xb5\x18\r\n\x0bml-engineer\x12\x96\x01\n\x11StreamPredictions\x12\x32.prognos.api.inference.v1.StreamPredictionsRequest\x1a\x33.prognos.api.inference.v1.StreamPredictionsResponse\"\x16\x8a\xb5\x18\x12\n\x0bml-engineer\n\x03\x65rp0\x01\x12\x89\x01\n\x0fGetServingState\x12\x30.prognos.api.inference.v1.GetServingStateRequest\x1a\x31.prognos.api.inference.v1.GetServingStateResponse\"\x11\x8a\xb5\x18\r\n\x0bml-engineerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREDICTREQUEST'].fields_by_name['asset_id']._loaded_options = None
+  _globals['_PREDICTREQUEST'].fields_by_name['asset_id']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_PREDICTREQUEST'].fields_by_name['asset_type']._loaded_options = None
+  _globals['_PREDICTREQUEST'].fields_by_name['asset_type']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['asset_ids']._loaded_options = None
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['asset_ids']._serialized_options = b'\272H\r\222\001\n\020\220N\"\005r\003\030\310\001'
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['plant']._loaded_options = None
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['plant']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['asset_type']._loaded_options = None
+  _globals['_PREDICTBATCHREQUEST'].fields_by_name['asset_type']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_STREAMPREDICTIONSREQUEST'].fields_by_name['plant']._loaded_options = None
+  _globals['_STREAMPREDICTIONSREQUEST'].fields_by_name['plant']._serialized_options = b'\272H\005r\003\030\310\001'
+  _globals['_STREAMPREDICTIONSREQUEST'].fields_by_name['asset_type']._loaded_options = None
+  _globals['_STREAMPREDICTIONSREQUEST'].fields_by_name['asset_type']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\212\265\030\022\n\013ml-engineer\n\003erp'
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._loaded_options = None
@@ -43,42 +58,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['StreamPredictions']._serialized_options = b'\212\265\030\022\n\013ml-engineer\n\003erp'
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingState']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingState']._serialized_options = b'\212\265\030\r\n\013ml-engineer'
-  _globals['_TIMEWINDOW']._serialized_start=207
-  _globals['_TIMEWINDOW']._serialized_end=313
-  _globals['_REMAININGUSEFULLIFE']._serialized_start=315
-  _globals['_REMAININGUSEFULLIFE']._serialized_end=410
-  _globals['_SENSORCONTRIBUTION']._serialized_start=412
-  _globals['_SENSORCONTRIBUTION']._serialized_end=486
-  _globals['_PREDICTION']._serialized_start=489
-  _globals['_PREDICTION']._serialized_end=1103
-  _globals['_FAILUREMODERISK']._serialized_start=1105
-  _globals['_FAILUREMODERISK']._serialized_end=1165
-  _globals['_PREDICTREQUEST']._serialized_start=1168
-  _globals['_PREDICTREQUEST']._serialized_end=1333
-  _globals['_PREDICTRESPONSE']._serialized_start=1335
-  _globals['_PREDICTRESPONSE']._serialized_end=1410
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=1412
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=1487
-  _globals['_PREDICTIONERROR']._serialized_start=1489
-  _globals['_PREDICTIONERROR']._serialized_end=1555
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1558
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1698
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=1700
-  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1818
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=1820
-  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=1905
-  _globals['_GETSERVINGSTATEREQUEST']._serialized_start=1907
-  _globals['_GETSERVINGSTATEREQUEST']._serialized_end=1956
-  _globals['_SHADOWCOMPARISON']._serialized_start=1958
-  _globals['_SHADOWCOMPARISON']._serialized_end=2078
-  _globals['_SERVEDMODELS']._serialized_start=2081
-  _globals['_SERVEDMODELS']._serialized_end=2308
-  _globals['_LIVEWINDOW']._serialized_start=2311
-  _globals['_LIVEWINDOW']._serialized_end=2488
-  _globals['_REPLICA']._serialized_start=2490
-  _globals['_REPLICA']._serialized_end=2536
-  _globals['_GETSERVINGSTATERESPONSE']._serialized_start=2539
-  _globals['_GETSERVINGSTATERESPONSE']._serialized_end=2791
-  _globals['_INFERENCESERVICE']._serialized_start=2794
-  _globals['_INFERENCESERVICE']._serialized_end=3356
+  _globals['_TIMEWINDOW']._serialized_start=236
+  _globals['_TIMEWINDOW']._serialized_end=342
+  _globals['_REMAININGUSEFULLIFE']._serialized_start=344
+  _globals['_REMAININGUSEFULLIFE']._serialized_end=439
+  _globals['_SENSORCONTRIBUTION']._serialized_start=441
+  _globals['_SENSORCONTRIBUTION']._serialized_end=515
+  _globals['_PREDICTION']._serialized_start=518
+  _globals['_PREDICTION']._serialized_end=1132
+  _globals['_FAILUREMODERISK']._serialized_start=1134
+  _globals['_FAILUREMODERISK']._serialized_end=1194
+  _globals['_PREDICTREQUEST']._serialized_start=1197
+  _globals['_PREDICTREQUEST']._serialized_end=1382
+  _globals['_PREDICTRESPONSE']._serialized_start=1384
+  _globals['_PREDICTRESPONSE']._serialized_end=1459
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=1461
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=1574
+  _globals['_PREDICTIONERROR']._serialized_start=1576
+  _globals['_PREDICTIONERROR']._serialized_end=1642
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1645
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1785
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_start=1788
+  _globals['_STREAMPREDICTIONSREQUEST']._serialized_end=1926
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_start=1928
+  _globals['_STREAMPREDICTIONSRESPONSE']._serialized_end=2013
+  _globals['_GETSERVINGSTATEREQUEST']._serialized_start=2015
+  _globals['_GETSERVINGSTATEREQUEST']._serialized_end=2064
+  _globals['_SHADOWCOMPARISON']._serialized_start=2066
+  _globals['_SHADOWCOMPARISON']._serialized_end=2186
+  _globals['_SERVEDMODELS']._serialized_start=2189
+  _globals['_SERVEDMODELS']._serialized_end=2416
+  _globals['_LIVEWINDOW']._serialized_start=2419
+  _globals['_LIVEWINDOW']._serialized_end=2596
+  _globals['_REPLICA']._serialized_start=2598
+  _globals['_REPLICA']._serialized_end=2644
+  _globals['_GETSERVINGSTATERESPONSE']._serialized_start=2647
+  _globals['_GETSERVINGSTATERESPONSE']._serialized_end=2899
+  _globals['_INFERENCESERVICE']._serialized_start=2902
+  _globals['_INFERENCESERVICE']._serialized_end=3464
 # @@protoc_insertion_point(module_scope)

@@ -187,7 +187,10 @@ class IngestServiceServicer:
         batch id, no timestamps, a timestamp column of the wrong byte length, more rows than
         the server accepts) ends the stream with INVALID_ARGUMENT whose BadRequest names the
         field, prefixed with the batch's position in the stream (`batches[12].timestamps_us`);
-        every batch before it has its receipt. When the telemetry store is slow the server
+        every batch before it has its receipt. A field over the maximum its message declares
+        (a `batch_id` over 200 characters, a column over 50,000 rows) ends it the same way,
+        with reason FIELD_LIMIT_EXCEEDED and the path from the stream's message
+        (`messages[12].batch.batch_id`). When the telemetry store is slow the server
         stops reading (gRPC flow control slows the sender); when it does not recover within
         the server's stall timeout the stream ends with UNAVAILABLE and a RetryInfo: resend
         every batch without a receipt.

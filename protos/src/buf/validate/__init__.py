@@ -1,0 +1,1 @@
+"""Generated code for buf.validate, vendored from protovalidate (do not edit)."""

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats
-from google.protobuf.message import DecodeError
 from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -31,7 +30,9 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from prognos.api import wire
 from prognos.api.common.v1.envelope_pb2 import Envelope, OutboxMessageDeadLettered
+from prognos.core import messaging
 from prognos.core.context import reset_actor, set_actor
 from prognos.core.telemetry import extract_context
 
@@ -46,15 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("prognos.core.bus")
-
-#: One stream per producing service, plus raw telemetry on its own.
-STREAMS: dict[str, list[str]] = {
-    "INGEST": ["ingest.>"],
-    "REGISTRY": ["registry.>"],
-    "INFERENCE": ["inference.>"],
-    "SCHEDULER": ["scheduler.>"],
-    "TELEMETRY": ["telemetry.>"],
-}
 
 DUPLICATE_WINDOW_S = 120.0
 
@@ -85,7 +77,7 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: list[str] | N
     """Create the stream if it does not exist (file storage, dedup window of two minutes)."""
     config = api.StreamConfig(
         name=name,
-        subjects=subjects or STREAMS[name],
+        subjects=subjects or list(wire.streams()[name].subjects),
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
         duplicate_window=DUPLICATE_WINDOW_S,
@@ -105,7 +97,7 @@ def dead_letter_subject(service: str) -> str:
 
     Under the service's own subjects, so its stream keeps the records.
     """
-    return f"{service}.outbox.dead_lettered"
+    return wire.subject(OutboxMessageDeadLettered, service=service)
 
 
 def _wire_size(message: OutboxMessage) -> int:
@@ -282,22 +274,17 @@ class OutboxRelay:
             service=self._store.service,
         )
         # Same id on every try, so JetStream keeps one record however often this runs.
-        envelope = Envelope(
-            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"dead-lettered/{message.message_id}")),
-            type=record.DESCRIPTOR.full_name,
-            schema_version=1,
+        outgoing = messaging.encode(
+            record,
+            producer=self._store.service,
+            message_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"dead-lettered/{message.message_id}")),
             actor=f"service:{self._store.service}",
             causation_id=message.message_id,
         )
-        envelope.time.GetCurrentTime()
-        envelope.payload.Pack(record)
         # The row and its audit entry are the record that counts; this one tells watchers.
         try:
             await self._js.publish(
-                dead_letter_subject(self._store.service),
-                envelope.SerializeToString(),
-                timeout=self._timeout,
-                headers={api.Header.MSG_ID: envelope.id},
+                outgoing.subject, outgoing.data, timeout=self._timeout, headers=outgoing.headers
             )
         except asyncio.CancelledError:
             raise
@@ -403,6 +390,7 @@ class Consumer:
         self._ack_wait = ack_wait_s
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._types = {name: cls for name, (cls, _) in sub.handlers.items()}
         self.processed = 0
 
     @property
@@ -441,22 +429,17 @@ class Consumer:
                 log.debug("unsubscribe of %s failed", self._sub.durable, exc_info=True)
 
     async def _decode(self, msg: Msg) -> _Work | None:
-        """The message's work, or ``None`` when it was settled here (not ours, unreadable)."""
-        envelope = Envelope()
+        """The message's work, or ``None`` when it was settled here (not ours, refused)."""
         try:
-            envelope.ParseFromString(msg.data)
-            entry = self._sub.handlers.get(envelope.type)
-            if entry is None:
-                await msg.ack()  # not for us: another event type on the same subject filter
-                return None
-            cls, handler = entry
-            payload = cls()
-            if not envelope.payload.Unpack(payload):
-                raise DecodeError(f"payload is not a {envelope.type}")
-        except DecodeError as exc:
-            await self._poison(msg, envelope.id or "", f"unreadable message: {exc}")
+            decoded = messaging.decode(msg.data, msg.subject, self._types)
+        except messaging.EventRefusedError as refused:
+            await self._poison(msg, refused.message_id, refused.reason)
             return None
-        return _Work(msg, envelope, handler, payload)
+        if decoded is None:
+            await msg.ack()  # not for us: another event type on the same subject filter
+            return None
+        envelope, payload = decoded
+        return _Work(msg, envelope, self._sub.handlers[envelope.type][1], payload)
 
     async def _handle_batch(self, messages: Sequence[Msg]) -> None:
         """Apply a fetched batch in one transaction, each message in a savepoint of its own.

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry import trace
 from sqlalchemy import (
     JSON,
@@ -49,12 +48,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.core import audit as _audit
+from prognos.core import messaging
 from prognos.core.context import current_actor
 from prognos.core.errors import ConcurrencyError
 from prognos.core.events import DomainEvent, decode, encode
-from prognos.core.telemetry import current_traceparent, inject_headers
+from prognos.core.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -405,43 +404,38 @@ class UnitOfWork:
 
     def publish(
         self,
-        subject: str,
         message: Message,
         *,
+        kind: str | None = None,
         cause: StoredEvent | None = None,
         message_id: str | None = None,
     ) -> OutboxMessage:
         """Queue an integration event for JetStream, inside an Envelope.
 
+        The subject is the one the contracts route the event to (``prognos.api.wire``).
+
         Args:
-            subject: e.g. ``ingest.asset_type.registered``.
             message: the public protobuf event.
+            kind: for an event routed to several subjects, the last token of the one meant.
             cause: the stored domain event it announces; its id becomes the message id, so
                 a retried relay publication is dropped by JetStream as a duplicate.
             message_id: an explicit id when there is no stored cause.
         """
-        from prognos.core.telemetry import current_traceparent
-
-        msg_id = message_id or (cause.event_id if cause else str(uuid.uuid4()))
-        traceparent, tracestate = current_traceparent()
-        payload = AnyProto()
-        payload.Pack(message)
-        envelope = Envelope(
-            id=msg_id,
-            type=message.DESCRIPTOR.full_name,
-            schema_version=1,
+        outgoing = messaging.encode(
+            message,
+            producer=self.service,
+            kind=kind,
+            message_id=message_id or (cause.event_id if cause else str(uuid.uuid4())),
             stream=cause.stream_id if cause else "",
             version=cause.version if cause else 0,
-            actor=self.actor,
-            correlation_id=self.correlation_id,
-            causation_id=self.causation_id,
-            traceparent=traceparent,
-            tracestate=tracestate,
-            payload=payload,
+            actor=self.actor or "",
+            correlation_id=self.correlation_id or "",
+            causation_id=self.causation_id or "",
+            time=cause.recorded_at if cause else utcnow(),
         )
-        envelope.time.FromDatetime(cause.recorded_at if cause else utcnow())
-        headers = inject_headers({"Nats-Msg-Id": msg_id, "Prognos-Type": envelope.type})
-        queued = OutboxMessage(msg_id, subject, envelope.SerializeToString(), headers)
+        queued = OutboxMessage(
+            outgoing.message_id, outgoing.subject, outgoing.data, outgoing.headers
+        )
         self.outbox.append(queued)
         return queued
 

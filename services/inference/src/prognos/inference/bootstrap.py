@@ -8,14 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prognos.api import wire
+from prognos.api.inference.v1 import events_pb2 as _inference_events
 from prognos.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from prognos.core.config import Settings
 from prognos.core.service import Runtime
 from prognos.inference.adapters import metadata
 from prognos.inference.consumers import (
-    ALIAS_SUBJECT,
-    ASSET_SUBJECTS,
-    POLICY_SUBJECT,
+    ALIAS_EVENTS,
+    ASSET_EVENTS,
+    POLICY_EVENTS,
     AssetDirectory,
     alias_handler,
     directory_handler,
@@ -37,7 +39,7 @@ __all__ = ["STREAM", "Inference", "assemble", "build", "install", "metadata"]
 
 log = logging.getLogger(__name__)
 
-STREAM = "INFERENCE"
+STREAM = wire.stream_of(_inference_events.PredictionMade)
 
 
 @dataclass
@@ -63,13 +65,13 @@ class Inference:
     async def start(self) -> None:
         """Follow assets, aliases and policies, join the replicas, consume telemetry."""
         self.subscriptions.append(
-            await follow(self.js, "INGEST", ASSET_SUBJECTS, directory_handler(self.directory))
+            await follow(self.js, ASSET_EVENTS, directory_handler(self.directory))
         )
         self.subscriptions.append(
-            await follow(self.js, "REGISTRY", [ALIAS_SUBJECT], alias_handler(self.loader.apply))
+            await follow(self.js, ALIAS_EVENTS, alias_handler(self.loader.apply))
         )
         self.subscriptions.append(
-            await follow(self.js, "SCHEDULER", [POLICY_SUBJECT], policy_handler(self.live.opens_at))
+            await follow(self.js, POLICY_EVENTS, policy_handler(self.live.opens_at))
         )
         await self.live.start()
         await self.membership.start()

@@ -19,30 +19,35 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
 from nats.js import api
 
-from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.api import wire
 from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import events_pb2 as registry_events
 from prognos.api.scheduler.v1 import events_pb2 as scheduler_events
-from prognos.core import bus
+from prognos.core import bus, messaging
 from prognos.inference.scoring import AssetInfo
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from google.protobuf.message import Message
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
+    from prognos.api.common.v1.envelope_pb2 import Envelope
+
 log = logging.getLogger(__name__)
 
-ASSET_SUBJECTS = [
-    "ingest.asset.registered",
-    "ingest.asset_type.registered",
-    "ingest.asset_type.updated",
-]
-ALIAS_SUBJECT = "registry.alias.moved"
-POLICY_SUBJECT = "scheduler.policy.set"
+#: What each replica follows: asset and asset type registrations, aliases, policies.
+ASSET_EVENTS = (
+    ingest_events.AssetRegistered,
+    ingest_events.AssetTypeRegistered,
+    ingest_events.AssetTypeUpdated,
+)
+ALIAS_EVENTS = (registry_events.AliasMoved,)
+POLICY_EVENTS = (scheduler_events.WorkOrderPolicySet,)
 
 
 @dataclass(frozen=True)
@@ -125,21 +130,25 @@ EnvelopeHandler = Callable[[Envelope], Awaitable[None] | None]
 
 
 async def follow(
-    js: JetStreamContext, stream: str, subjects: list[str], handler: EnvelopeHandler
+    js: JetStreamContext, events: Sequence[type[Message]], handler: EnvelopeHandler
 ) -> object:
-    """Replay ``subjects`` of ``stream`` from the start and keep following them.
+    """Replay the subjects of ``events`` from the start of their stream and keep following.
+
+    A message that is unreadable or claims a producer other than its subject's owner is
+    skipped with a warning: replicas never act on a forged event.
 
     Returns:
         The subscription (``unsubscribe()`` it to stop).
     """
+    (stream,) = {wire.stream_of(e) for e in events}
+    subjects = wire.subjects(*events)
     await bus.ensure_stream(js, stream)
 
     async def on_message(msg: Msg) -> None:
-        envelope = Envelope()
         try:
-            envelope.ParseFromString(msg.data)
-        except DecodeError:
-            log.warning("unreadable message on %s skipped", msg.subject)
+            envelope = messaging.read_envelope(msg.data, msg.subject)
+        except messaging.EventRefusedError as refused:
+            log.warning("message on %s skipped: %s", msg.subject, refused.reason)
             return
         try:
             result = handler(envelope)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from prognos.api.common.v1.envelope_pb2 import Envelope
+from prognos.api import wire
 from prognos.api.inference.v1 import events_pb2, inference_pb2, inference_pb2_grpc
-from prognos.core import telemetry, tls
+from prognos.core import messaging, telemetry, tls
 from prognos.core.config import Settings
 from prognos.core.errors import (
     FailedPreconditionError,
@@ -35,11 +35,10 @@ from prognos.core.errors import (
     from_grpc_error,
 )
 from prognos.inference.consumers import AssetDirectory
-from prognos.inference.live import LiveScorer, batch_columns
+from prognos.inference.live import LiveScorer
 from prognos.inference.membership import Membership
 from prognos.inference.models import ModelRunner, ServingModel, ServingModels
 from prognos.inference.preprocessing import MissingChannelError
-from prognos.inference.publisher import PREDICTION_SUBJECT, SHADOW_SUBJECT
 from prognos.inference.scoring import explain, predictions, score
 from prognos.inference.windows import VALUE_DTYPE
 
@@ -53,7 +52,7 @@ FORWARDED = "prognos-forwarded-by"
 _STREAM_QUEUE = 10_000
 #: A model that scores one window within this (measured at load) does so on the event loop.
 _INLINE_WINDOW_S = 0.0002
-_PREDICTION_TYPE = events_pb2.PredictionMade.DESCRIPTOR.full_name
+_PREDICTION_TYPES = {events_pb2.PredictionMade.DESCRIPTOR.full_name: events_pb2.PredictionMade}
 
 
 class WindowOutOfRangeError(PrognosError):
@@ -309,7 +308,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 [("MODEL", f"asset_type/{asset_type}", "no champion model is served yet")],
                 reason="NO_CHAMPION",
             )
-        times, names, values = batch_columns(readings)
+        times, names, values = wire.batch_columns(readings)
         if len(times) == 0:
             raise InvalidArgumentError([("readings.timestamps_us", "no readings to score")])
         keep = min(len(times), model.window)
@@ -458,16 +457,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             nonlocal overflowed
             if overflowed:
                 return
-            envelope = Envelope()
             try:
-                envelope.ParseFromString(msg.data)
-            except Exception:
+                decoded = messaging.decode(msg.data, msg.subject, _PREDICTION_TYPES)
+            except messaging.EventRefusedError as refused:
+                log.warning("prediction on %s not streamed: %s", msg.subject, refused.reason)
                 return
-            if envelope.type != _PREDICTION_TYPE:
+            if decoded is None:
                 return
-            event = events_pb2.PredictionMade()
-            envelope.payload.Unpack(event)
-            p = event.prediction
+            p = decoded[1].prediction  # type: ignore[attr-defined]
             if request.plant and p.plant != request.plant:
                 return
             if request.asset_type and p.asset_type != request.asset_type:
@@ -482,7 +479,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     queue.get_nowait()
                     queue.put_nowait(None)
 
-        subjects = [PREDICTION_SUBJECT] + ([SHADOW_SUBJECT] if request.include_shadow else [])
+        kinds = ["made", "shadow"] if request.include_shadow else ["made"]
+        subjects = [wire.subject(events_pb2.PredictionMade, kind) for kind in kinds]
         subscriptions = [await self._nc.subscribe(s, cb=on_message) for s in subjects]
         try:
             while True:

@@ -29,11 +29,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import numpy as np
 from nats.js import api
 
+from prognos.api import wire
 from prognos.api.inference.v1 import inference_pb2
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.core import bus
@@ -61,51 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _tracer = tracer("prognos.inference.live")
 
-TELEMETRY_STREAM = "TELEMETRY"
-TELEMETRY_SUBJECTS = "telemetry.>"
-
-
-def batch_columns(
-    batch: ingest_pb2.TelemetryBatch,
-) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
-    """Times and channel values of a telemetry batch, in whichever encoding it uses.
-
-    The telemetry stream carries every channel as little-endian float64 bytes of the same
-    length: those are read in one piece. Columns of the wrong length are left out.
-
-    Returns:
-        ``(times_us, channel names, (rows, channels) float64 values)``, sorted by time.
-    """
-    if batch.timestamps_us_le:
-        times = np.frombuffer(batch.timestamps_us_le, "<i8")
-    else:
-        times = np.asarray(batch.timestamps_us, np.int64)
-    n = len(times)
-    channels = batch.channels
-    encoded = [c.values_f64_le for c in channels]
-    if all(len(e) == 8 * n for e in encoded):
-        names = tuple(c.name for c in channels)
-        values = np.frombuffer(b"".join(encoded), "<f8").reshape(len(encoded), n).T
-    else:
-        kept, columns = [], []
-        for channel, raw in zip(channels, encoded, strict=True):
-            if raw:
-                column = np.frombuffer(raw, "<f8")
-            elif channel.values_f32_le:
-                column = np.frombuffer(channel.values_f32_le, "<f4").astype(np.float64)
-            else:
-                column = np.asarray(channel.values, np.float64)
-            if len(column) == n:
-                kept.append(channel.name)
-                columns.append(column)
-        names = tuple(kept)
-        values = np.column_stack(columns) if columns else np.zeros((n, 0))
-    if n > 1 and np.any(times[1:] <= times[:-1]):
-        order = np.argsort(times, kind="stable")
-        times, values = times[order], values[order]
-        keep = np.r_[True, times[1:] > times[:-1]]
-        times, values = times[keep], values[keep]
-    return times, names, values
+TELEMETRY_STREAM = wire.stream_of(ingest_pb2.TelemetryBatch)
+TELEMETRY_SUBJECTS = wire.streams()[TELEMETRY_STREAM].subjects[0]
 
 
 @dataclass
@@ -362,20 +319,20 @@ class LiveScorer:
     def _asset(self, token: str) -> str:
         asset_id = self._asset_of_token.get(token)
         if asset_id is None:
-            asset_id = unquote(token)
+            asset_id = wire.decode_subject_token(token)
             self._asset_of_token[token] = asset_id
         return asset_id
 
     def apply_message(self, msg: Msg, rebuild: _Rebuild | None) -> None:
         """Merge one telemetry message into its asset's window if this replica owns it."""
-        _, asset_type, token = msg.subject.split(".", 2)
+        asset_type, token = wire.parse_telemetry_subject(msg.subject)
         asset_id = self._asset(token)
         if not self.owns(asset_id):
             return
         if rebuild is not None and not rebuild.covers(asset_id):
             return
         batch = ingest_pb2.TelemetryBatch.FromString(msg.data)
-        times, names, values = batch_columns(batch)
+        times, names, values = wire.batch_columns(batch)
         table = self._table(asset_type)
         headers = msg.headers or {}
         changed = table.apply(
@@ -383,8 +340,8 @@ class LiveScorer:
             times,
             names,
             values,
-            message_id=headers.get("Nats-Msg-Id", ""),
-            traceparent=headers.get("traceparent", ""),
+            message_id=headers.get(wire.MSG_ID_HEADER, ""),
+            traceparent=headers.get(wire.TRACEPARENT_HEADER, ""),
         )
         if changed and rebuild is None and not self.rebuilding(asset_id):
             self._mark(asset_type, asset_id)

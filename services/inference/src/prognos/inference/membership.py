@@ -28,13 +28,15 @@ from typing import TYPE_CHECKING, Any
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from prognos.api import wire
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
-BUCKET = "inference_replicas"
+BUCKET = wire.MEMBERSHIP_BUCKET
 
 
 def weight(member: str, key: str) -> int:

@@ -26,7 +26,7 @@ from prognos.core.store import EventStore
 from prognos.inference import adapters
 from prognos.inference.drift import FeatureDriftResult, LiveSample, evaluate
 from prognos.inference.models import ServingModel, ServingModels
-from prognos.inference.publisher import ACTOR, DRIFT_SUBJECT
+from prognos.inference.publisher import ACTOR
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class DriftMonitor:
                     "replica_id": self._replica_id,
                 },
             )
-            uow.publish(DRIFT_SUBJECT, event, message_id=message_id)
+            uow.publish(event, message_id=message_id)
         log.warning(
             "drift in %s (model %s): %s",
             asset_type,

@@ -22,10 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.any_pb2 import Any as AnyProto
-
-from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.inference.v1 import events_pb2, inference_pb2
+from prognos.core import messaging
 from prognos.core.telemetry import trace_id_of
 
 if TYPE_CHECKING:
@@ -35,12 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICTION_SUBJECT = "inference.prediction.made"
-SHADOW_SUBJECT = "inference.prediction.shadow"
-DRIFT_SUBJECT = "inference.drift.detected"
-ACTOR = "service:inference"
-_TYPE = events_pb2.PredictionMade.DESCRIPTOR.full_name
-_TYPE_URL = "type.googleapis.com/" + _TYPE
+PRODUCER = "inference"
+ACTOR = f"service:{PRODUCER}"
 _ACK_TIMEOUT_S = 10.0
 _RETRIES = 3
 
@@ -61,24 +55,19 @@ def encode_prediction(
     traceparent: str = "",
 ) -> OutgoingMessage:
     """The ``PredictionMade`` envelope of a prediction, ready to publish (thread-safe)."""
-    event = events_pb2.PredictionMade(prediction=prediction)
-    envelope = Envelope(
-        id=prediction.prediction_id,
-        type=_TYPE,
-        schema_version=1,
+    outgoing = messaging.encode(
+        events_pb2.PredictionMade(prediction=prediction),
+        producer=PRODUCER,
+        kind="shadow" if prediction.shadow else "made",
+        message_id=prediction.prediction_id,
         stream=f"asset/{prediction.asset_id}",
         actor=ACTOR,
         correlation_id=prediction.prediction_id,
         causation_id=causation_id,
+        time=prediction.made_at,
         traceparent=traceparent,
-        payload=AnyProto(type_url=_TYPE_URL, value=event.SerializeToString()),
     )
-    envelope.time.CopyFrom(prediction.made_at)
-    headers = {"Nats-Msg-Id": prediction.prediction_id, "Prognos-Type": _TYPE}
-    if traceparent:
-        headers["traceparent"] = traceparent
-    subject = SHADOW_SUBJECT if prediction.shadow else PREDICTION_SUBJECT
-    return OutgoingMessage(subject, envelope.SerializeToString(), headers)
+    return OutgoingMessage(outgoing.subject, outgoing.data, outgoing.headers)
 
 
 class PredictionPublisher:

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 
+from prognos.api import wire
+from prognos.api.ingest.v1 import events_pb2 as _ingest_events
 from prognos.core.errors import InvalidArgumentError
 from prognos.core.service import Runtime
 from prognos.ingest import consumers
@@ -21,7 +23,7 @@ from prognos.ingest.validation import BatchRejectedError
 
 log = logging.getLogger(__name__)
 
-STREAM = "INGEST"
+STREAM = wire.stream_of(_ingest_events.AssetTypeRegistered)
 _CATALOG_REFRESH_S = 2.0
 _GC_THRESHOLDS = (20_000, 20, 20)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prognos.api import wire
 from prognos.api.ingest.v1 import events_pb2
 from prognos.api.scheduler.v1 import events_pb2 as scheduler_events
 from prognos.core.bus import Subscription, subscription
@@ -12,10 +13,6 @@ from prognos.ingest import adapters
 if TYPE_CHECKING:
     from prognos.api.common.v1.envelope_pb2 import Envelope
     from prognos.core.store import UnitOfWork
-
-#: The scheduler publishes maintenance outcomes under this subject; every event type on
-#: ``scheduler.>`` is looked at, so a label is found whichever subject carries it.
-OUTCOME_SUBJECT = "scheduler.outcome.recorded"
 
 
 def subscriptions() -> list[Subscription]:
@@ -49,11 +46,13 @@ def subscriptions() -> list[Subscription]:
             failure_mode=event.failure_mode,
         )
 
+    stream = wire.stream_of(scheduler_events.MaintenanceOutcomeRecorded)
     return [
         subscription(
-            "SCHEDULER",
+            stream,
             "ingest-on-outcome",
-            "scheduler.>",
+            # The whole stream: outcomes came as OutcomeLabelRecorded before they had their own.
+            wire.streams()[stream].subjects[0],
             (events_pb2.OutcomeLabelRecorded, on_outcome_label),
             (scheduler_events.MaintenanceOutcomeRecorded, on_maintenance_outcome),
         )

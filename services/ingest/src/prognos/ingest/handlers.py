@@ -58,10 +58,9 @@ async def _save(uow: UnitOfWork, asset_type: AssetType, expected_version: int) -
         await adapters.project(uow.conn, event, record.version, record.event_id)
         registered = isinstance(event, AssetTypeRegistered)
         message_cls = events_pb2.AssetTypeRegistered if registered else events_pb2.AssetTypeUpdated
-        subject = "ingest.asset_type." + ("registered" if registered else "updated")
-        uow.publish(subject, message_cls(asset_type=spec_to_proto(asset_type.spec)), cause=record)
+        uow.publish(message_cls(asset_type=spec_to_proto(asset_type.spec)), cause=record)
         await uow.audit(
-            subject.removeprefix("ingest."),
+            "asset_type.registered" if registered else "asset_type.updated",
             f"asset_type/{asset_type.spec.name}",
             reason="asset type declared" if registered else "asset type changed",
             details={
@@ -137,7 +136,6 @@ async def _save_asset(
         await adapters.project(uow.conn, event, record.version, record.event_id)
         if isinstance(event, AssetRegistered):
             uow.publish(
-                "ingest.asset.registered",
                 events_pb2.AssetRegistered(
                     asset=asset_to_proto(event.spec, event.registered_at_us)
                 ),
@@ -157,7 +155,6 @@ async def _save_asset(
             )
         elif isinstance(event, OutcomeRecorded):
             uow.publish(
-                "ingest.outcome.recorded",
                 outcome_to_proto(event.asset_id, event.asset_type, event.outcome),
                 cause=record,
             )
@@ -278,7 +275,6 @@ async def create_snapshot(uow: UnitOfWork, event: DatasetSnapshotCreated) -> int
     (record,) = await uow.append(stream, 0, [event])
     await adapters.project(uow.conn, event, record.version, record.event_id)
     uow.publish(
-        "ingest.dataset_snapshot.created",
         events_pb2.DatasetSnapshotCreated(snapshot=snapshot_to_proto(event)),
         cause=record,
     )

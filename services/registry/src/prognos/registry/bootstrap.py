@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from prognos.api import wire
+from prognos.api.registry.v1 import events_pb2 as _registry_events
 from prognos.api.registry.v1 import registry_pb2, registry_pb2_grpc
 from prognos.core.errors import (
     FailedPreconditionError,
@@ -31,7 +33,7 @@ from prognos.registry.grpc_api import RegistryServicer
 from prognos.registry.runner import ModelTasks, RunChanges, TrainingRunner
 from prognos.registry.schedule import RetrainSchedule
 
-STREAM = "REGISTRY"
+STREAM = wire.stream_of(_registry_events.AliasMoved)
 
 
 def _precondition(kind: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from prognos.api import wire
 from prognos.api.inference.v1 import events_pb2 as inference_events
 from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.core.bus import Subscription, subscription
@@ -59,22 +60,22 @@ def subscriptions(settings: Settings) -> list[Subscription]:
 
     return [
         subscription(
-            "INGEST",
+            wire.stream_of(ingest_events.AssetTypeRegistered),
             "registry-on-asset-type",
-            "ingest.asset_type.>",
+            wire.wildcard(ingest_events.AssetTypeRegistered, ingest_events.AssetTypeUpdated),
             (ingest_events.AssetTypeRegistered, on_asset_type_changed),
             (ingest_events.AssetTypeUpdated, on_asset_type_changed),
         ),
         subscription(
-            "INGEST",
+            wire.stream_of(ingest_events.DatasetSnapshotCreated),
             "registry-on-dataset-snapshot",
-            "ingest.dataset_snapshot.created",
+            wire.subject(ingest_events.DatasetSnapshotCreated),
             (ingest_events.DatasetSnapshotCreated, on_dataset_snapshot),
         ),
         subscription(
-            "INFERENCE",
+            wire.stream_of(inference_events.DriftDetected),
             "registry-on-drift",
-            "inference.drift.detected",
+            wire.subject(inference_events.DriftDetected),
             (inference_events.DriftDetected, on_drift),
         ),
     ]

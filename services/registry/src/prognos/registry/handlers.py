@@ -265,7 +265,7 @@ async def _save_alias_move(
     await adapters.set_alias_holder(
         uow.conn, track.asset_type, str(track.alias), move.to_model_version_id, move.moved_at
     )
-    uow.publish("registry.alias.moved", alias_moved_event(move, target), cause=stored[-1])
+    uow.publish(alias_moved_event(move, target), cause=stored[-1])
     await uow.audit(
         f"alias.{move.kind}",
         f"alias/{track.asset_type}/{track.alias}",
@@ -335,7 +335,6 @@ async def register_model_version(uow: UnitOfWork, command: RegisterModelVersion)
     )
     stored = await _save_model_version(uow, version, idempotency_key=command.idempotency_key)
     uow.publish(
-        "registry.model_version.registered",
         events_pb2.ModelVersionRegistered(model_version=model_version_to_proto(version)),
         cause=stored[-1],
     )
@@ -409,7 +408,6 @@ async def approve_model_version(
     version.approve(approver, comment, utcnow())
     stored = await _save_model_version(uow, version)
     uow.publish(
-        "registry.model_version.approved",
         events_pb2.ModelVersionApproved(
             model_version_id=version.id,
             asset_type=version.asset_type,
@@ -537,7 +535,6 @@ async def start_training(uow: UnitOfWork, command: StartTraining) -> TrainingRun
     )
     stored = await _save_run(uow, run, idempotency_key=command.idempotency_key)
     uow.publish(
-        "registry.training_run.started",
         events_pb2.TrainingRunStarted(run=training_run_to_proto(run)),
         cause=stored[-1],
     )
@@ -591,7 +588,6 @@ async def report_training_progress(
     run.report(phase, progress, epoch, total_epochs, metrics)
     stored = await _save_run(uow, run)
     uow.publish(
-        "registry.training_run.progressed",
         events_pb2.TrainingRunProgressed(
             run_id=run.id,
             asset_type=run.asset_type,
@@ -628,7 +624,7 @@ async def succeed_training_run(
     now = utcnow()
     run.succeed(version.id, dict(registration.metrics), now)
     stored = await _save_run(uow, run)
-    uow.publish("registry.training_run.finished", _finished_event(run), cause=stored[-1])
+    uow.publish(_finished_event(run), cause=stored[-1])
     await uow.audit(
         "training_run.succeeded",
         f"training_run/{run.id}",
@@ -648,7 +644,7 @@ async def fail_training_run(uow: UnitOfWork, run_id: str, error: str) -> Trainin
         return run
     run.fail(error, utcnow())
     stored = await _save_run(uow, run)
-    uow.publish("registry.training_run.finished", _finished_event(run), cause=stored[-1])
+    uow.publish(_finished_event(run), cause=stored[-1])
     await uow.audit(
         "training_run.failed",
         f"training_run/{run.id}",
@@ -663,7 +659,7 @@ async def cancel_training_run(uow: UnitOfWork, run_id: str, actor: str, reason: 
     run = await load_training_run(uow, run_id)
     run.cancel(actor, reason or f"cancelled by {actor}", utcnow())
     stored = await _save_run(uow, run)
-    uow.publish("registry.training_run.finished", _finished_event(run), cause=stored[-1])
+    uow.publish(_finished_event(run), cause=stored[-1])
     await uow.audit(
         "training_run.cancelled",
         f"training_run/{run.id}",

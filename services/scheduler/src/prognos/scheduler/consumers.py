@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prognos.api import wire
 from prognos.api.inference.v1 import events_pb2 as inference_events
 from prognos.core.bus import Subscription, subscription
 from prognos.scheduler import handlers
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
     from prognos.api.common.v1.envelope_pb2 import Envelope
     from prognos.core.store import UnitOfWork
 
-PREDICTION_SUBJECT = "inference.prediction.made"
 DURABLE = "scheduler-on-prediction"
 
 
@@ -27,9 +27,9 @@ def subscriptions(clock: Clock, policies: handlers.PolicyBook) -> list[Subscript
 
     return [
         subscription(
-            "INFERENCE",
+            wire.stream_of(inference_events.PredictionMade),
             DURABLE,
-            PREDICTION_SUBJECT,
+            wire.subject(inference_events.PredictionMade, "made"),
             (inference_events.PredictionMade, on_prediction),
         )
     ]

@@ -49,7 +49,6 @@ from prognos.scheduler.policy import (
 )
 from prognos.scheduler.translate import (
     EVENT_TYPES,
-    POLICY_SUBJECT,
     integration_event,
     outcome_label,
     policy_from_document,
@@ -128,18 +127,16 @@ class WorkOrderWriter:
                     snapshot=snapshot,
                 )
             )
-            subject, message = integration_event(replica, event, erp_id)
-            self.uow.publish(subject, message, cause=record)
+            queued = self.uow.publish(integration_event(replica, event, erp_id), cause=record)
             if isinstance(event, WorkOrderCompleted):
                 label_id = str(uuid.uuid5(_LABEL_NAMESPACE, record.event_id))
                 self.uow.publish(
-                    "scheduler.outcome.recorded",
                     outcome_label(replica, event.outcome),
                     cause=record,
                     message_id=label_id,
                 )
             await self.uow.audit(
-                "work_order." + subject.rsplit(".", 1)[1],
+                "work_order." + queued.subject.rsplit(".", 1)[1],
                 f"work_order/{order.id}",
                 reason=reason,
                 details={
@@ -290,7 +287,7 @@ async def set_policy(
     stored = await uow.append(stream, version, [PolicySet.of(asset_type, policy, now)])
     # Announced, so inference explains every prediction that can open a work order.
     for record in stored:
-        uow.publish(POLICY_SUBJECT, policy_set_event(asset_type, policy), cause=record)
+        uow.publish(policy_set_event(asset_type, policy), cause=record)
     document = policy_to_document(policy)
     await adapters.upsert_policy(uow.conn, asset_type, document, version + 1)
     await uow.audit(

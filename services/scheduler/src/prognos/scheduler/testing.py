@@ -12,17 +12,13 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from google.protobuf.any_pb2 import Any as AnyProto
-
-from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.inference.v1 import events_pb2 as inference_events
 from prognos.api.inference.v1 import inference_pb2
 from prognos.api.scheduler.v1 import scheduler_pb2
+from prognos.core import messaging
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
-
-PREDICTION_SUBJECT = "inference.prediction.made"
 
 
 def prediction(
@@ -59,21 +55,21 @@ def prediction(
 
 
 def prediction_envelope(p: inference_pb2.Prediction) -> tuple[str, bytes]:
-    """``(message id, bytes)`` of a PredictionMade in an Envelope, as the outbox sends it."""
-    payload = AnyProto()
-    payload.Pack(inference_events.PredictionMade(prediction=p))
-    message_id = str(uuid.uuid4())
-    envelope = Envelope(
-        id=message_id,
-        type="prognos.api.inference.v1.PredictionMade",
-        schema_version=1,
+    """``(message id, bytes)`` of a PredictionMade in an Envelope, as inference sends it."""
+    outgoing = _prediction_message(p)
+    return outgoing.message_id, outgoing.data
+
+
+def _prediction_message(p: inference_pb2.Prediction) -> messaging.Outgoing:
+    return messaging.encode(
+        inference_events.PredictionMade(prediction=p),
+        producer="inference",
+        kind="made",
+        message_id=str(uuid.uuid4()),
         stream=f"asset-{p.asset_id}",
         actor="service:inference",
         correlation_id=str(uuid.uuid4()),
-        payload=payload,
     )
-    envelope.time.GetCurrentTime()
-    return message_id, envelope.SerializeToString()
 
 
 async def publish_predictions(
@@ -82,16 +78,9 @@ async def publish_predictions(
     """Publish predictions to JetStream and wait until it has stored every one."""
     futures = []
     for p in predictions:
-        message_id, data = prediction_envelope(p)
+        outgoing = _prediction_message(p)
         futures.append(
-            await js.publish_async(
-                PREDICTION_SUBJECT,
-                data,
-                headers={
-                    "Nats-Msg-Id": message_id,
-                    "Prognos-Type": "prognos.api.inference.v1.PredictionMade",
-                },
-            )
+            await js.publish_async(outgoing.subject, outgoing.data, headers=outgoing.headers)
         )
     for future in futures:
         await future

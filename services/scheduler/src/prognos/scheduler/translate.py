@@ -197,18 +197,14 @@ def work_order_to_proto(order: WorkOrder, erp_id: str) -> scheduler_pb2.WorkOrde
     return message
 
 
-def integration_event(
-    order: WorkOrder, event: DomainEvent, erp_id: str = ""
-) -> tuple[str, Message]:
-    """The subject and public message announcing one work order event."""
+def integration_event(order: WorkOrder, event: DomainEvent, erp_id: str = "") -> Message:
+    """The public message announcing one work order event (its route gives the subject)."""
     wid, asset = order.id, order.asset_id
     match event:
         case WorkOrderProposed():
-            return "scheduler.work_order.proposed", events_pb2.WorkOrderProposed(
-                work_order=work_order_to_proto(order, erp_id)
-            )
+            return events_pb2.WorkOrderProposed(work_order=work_order_to_proto(order, erp_id))
         case WorkOrderRiskUpdated(risk=risk, due_at=due_at, cause=cause):
-            return "scheduler.work_order.risk_updated", events_pb2.WorkOrderRiskUpdated(
+            return events_pb2.WorkOrderRiskUpdated(
                 work_order_id=wid,
                 asset_id=asset,
                 risk=risk,
@@ -216,11 +212,11 @@ def integration_event(
                 cause=cause_to_proto(cause),
             )
         case WorkOrderScheduled(slot=slot):
-            return "scheduler.work_order.scheduled", events_pb2.WorkOrderScheduled(
+            return events_pb2.WorkOrderScheduled(
                 work_order_id=wid, asset_id=asset, slot=slot_to_proto(slot)
             )
         case WorkOrderUnplaced(reason=reason, detail=detail, at=at):
-            return "scheduler.work_order.unplaced", events_pb2.WorkOrderUnplaced(
+            return events_pb2.WorkOrderUnplaced(
                 work_order_id=wid,
                 asset_id=asset,
                 unplaced=scheduler_pb2.Unplaced(
@@ -230,25 +226,23 @@ def integration_event(
                 ),
             )
         case WorkOrderReleased():
-            return "scheduler.work_order.released", events_pb2.WorkOrderReleased(
+            return events_pb2.WorkOrderReleased(
                 work_order_id=wid, asset_id=asset, plant=order.plant
             )
         case WorkOrderAcknowledged(erp_order_number=number):
-            return "scheduler.work_order.acknowledged", events_pb2.WorkOrderAcknowledged(
+            return events_pb2.WorkOrderAcknowledged(
                 work_order_id=wid, asset_id=asset, erp_order_number=number
             )
         case WorkOrderStarted(started_at=started_at):
-            return "scheduler.work_order.started", events_pb2.WorkOrderStarted(
+            return events_pb2.WorkOrderStarted(
                 work_order_id=wid, asset_id=asset, started_at=ts(started_at)
             )
         case WorkOrderCompleted(outcome=outcome):
-            return "scheduler.work_order.completed", events_pb2.WorkOrderCompleted(
+            return events_pb2.WorkOrderCompleted(
                 work_order_id=wid, asset_id=asset, outcome=outcome_to_proto(outcome)
             )
         case WorkOrderCancelled(reason=reason):
-            return "scheduler.work_order.cancelled", events_pb2.WorkOrderCancelled(
-                work_order_id=wid, asset_id=asset, reason=reason
-            )
+            return events_pb2.WorkOrderCancelled(work_order_id=wid, asset_id=asset, reason=reason)
     raise ValueError(f"not a work order event: {event!r}")
 
 
@@ -327,9 +321,6 @@ def policy_to_proto(policy: WorkOrderPolicy) -> scheduler_pb2.WorkOrderPolicy:
     message.min_interval.FromTimedelta(policy.min_interval)
     message.horizon.FromTimedelta(policy.horizon)
     return message
-
-
-POLICY_SUBJECT = "scheduler.policy.set"
 
 
 def policy_set_event(asset_type: str, policy: WorkOrderPolicy) -> events_pb2.WorkOrderPolicySet:

@@ -25,15 +25,21 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.common.v1 import access_pb2 as prognos_dot_api_dot_common_dot_v1_dot_access__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!prognos/api/common/v1/audit.proto\x12\x15prognos.api.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\"\xdc\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\x12\x0c\n\x04hash\x18\x0b \x01(\t\"_\n\tChainHead\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\nCheckpoint\x12.\n\x04head\x18\x01 \x01(\x0b\x32 .prognos.api.common.v1.ChainHead\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x14\n\x12VerifyChainRequest\"\xa0\x01\n\x13VerifyChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12.\n\x04head\x18\x03 \x01(\x0b\x32 .prognos.api.common.v1.ChainHead\x12\x12\n\nbroken_seq\x18\x04 \x01(\x03\x12\x17\n\x0f\x62roken_entry_id\x18\x05 \x01(\t\x12\x0f\n\x07problem\x18\x06 \x01(\t\"6\n\x12ListEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"W\n\x13ListEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.prognos.api.common.v1.AuditEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x19\n\x17\x43reateCheckpointRequest\"Q\n\x18\x43reateCheckpointResponse\x12\x35\n\ncheckpoint\x18\x01 \x01(\x0b\x32!.prognos.api.common.v1.Checkpoint\"\xe5\x01\n\x0fGetTrailRequest\x12\x1f\n\rwork_order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12$\n\nreferences\x18\x02 \x03(\tB\x10\xbaH\r\x92\x01\n\x10\xe8\x07\"\x05r\x03\x18\x90\x03\x12\x1a\n\x08\x61sset_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05whole\x18\x06 \x01(\x08\"\xc0\x01\n\tTrailStep\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\x12\x11\n\taudit_seq\x18\t \x01(\x03\"\xf7\x02\n\x10GetTrailResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12/\n\x05steps\x18\x02 \x03(\x0b\x32 .prognos.api.common.v1.TrailStep\x12\x12\n\nreferences\x18\x03 \x03(\t\x12\x10\n\x08\x61sset_id\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x05\x63hain\x18\x07 \x01(\x0b\x32*.prognos.api.common.v1.VerifyChainResponse\x12-\n\x06people\x18\x08 \x03(\x0b\x32\x1d.prognos.api.common.v1.Person\x12/\n\x05parts\x18\t \x03(\x0b\x32 .prognos.api.common.v1.TrailPart\"\x87\x01\n\tTrailPart\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x39\n\x05\x63hain\x18\x04 \x01(\x0b\x32*.prognos.api.common.v1.VerifyChainResponse\x12\r\n\x05steps\x18\x05 \x01(\x05\"3\n\x06Person\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x65rased\x18\x03 \x01(\x08\"H\n\x12\x45rasePersonRequest\x12\x18\n\x06person\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"6\n\x13\x45rasePersonResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06\x65rased\x18\x02 \x03(\t2\xdc\x04\n\x0c\x41uditService\x12s\n\x0bVerifyChain\x12).prognos.api.common.v1.VerifyChainRequest\x1a*.prognos.api.common.v1.VerifyChainResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12s\n\x0bListEntries\x12).prognos.api.common.v1.ListEntriesRequest\x1a*.prognos.api.common.v1.ListEntriesResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12\x82\x01\n\x10\x43reateCheckpoint\x12..prognos.api.common.v1.CreateCheckpointRequest\x1a/.prognos.api.common.v1.CreateCheckpointResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12j\n\x08GetTrail\x12&.prognos.api.common.v1.GetTrailRequest\x1a\'.prognos.api.common.v1.GetTrailResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12q\n\x0b\x45rasePerson\x12).prognos.api.common.v1.ErasePersonRequest\x1a*.prognos.api.common.v1.ErasePersonResponse\"\x0b\x8a\xb5\x18\x07\n\x05\x61\x64minb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!prognos/api/common/v1/audit.proto\x12\x15prognos.api.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/common/v1/access.proto\x1a prognos/api/common/v1/wire.proto\"\xdc\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\x12\x0c\n\x04hash\x18\x0b \x01(\t\"\x82\x01\n\tChainHead\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:!\x9a\xb5\x18\x1d\n\x05\x41UDIT\x12\x14\x61udit.head.{service}\"\x9b\x01\n\nCheckpoint\x12.\n\x04head\x18\x01 \x01(\x0b\x32 .prognos.api.common.v1.ChainHead\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c:\'\x9a\xb5\x18#\n\x05\x41UDIT\x12\x1a\x61udit.checkpoint.{service}\"\x14\n\x12VerifyChainRequest\"\xa0\x01\n\x13VerifyChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12.\n\x04head\x18\x03 \x01(\x0b\x32 .prognos.api.common.v1.ChainHead\x12\x12\n\nbroken_seq\x18\x04 \x01(\x03\x12\x17\n\x0f\x62roken_entry_id\x18\x05 \x01(\t\x12\x0f\n\x07problem\x18\x06 \x01(\t\"6\n\x12ListEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"W\n\x13ListEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.prognos.api.common.v1.AuditEntry\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x19\n\x17\x43reateCheckpointRequest\"Q\n\x18\x43reateCheckpointResponse\x12\x35\n\ncheckpoint\x18\x01 \x01(\x0b\x32!.prognos.api.common.v1.Checkpoint\"\xe5\x01\n\x0fGetTrailRequest\x12\x1f\n\rwork_order_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12$\n\nreferences\x18\x02 \x03(\tB\x10\xbaH\r\x92\x01\n\x10\xe8\x07\"\x05r\x03\x18\x90\x03\x12\x1a\n\x08\x61sset_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05whole\x18\x06 \x01(\x08\"\xc0\x01\n\tTrailStep\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x08 \x01(\t\x12\x11\n\taudit_seq\x18\t \x01(\x03\"\xf7\x02\n\x10GetTrailResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12/\n\x05steps\x18\x02 \x03(\x0b\x32 .prognos.api.common.v1.TrailStep\x12\x12\n\nreferences\x18\x03 \x03(\t\x12\x10\n\x08\x61sset_id\x18\x04 \x01(\t\x12\x30\n\x0cwindow_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x05\x63hain\x18\x07 \x01(\x0b\x32*.prognos.api.common.v1.VerifyChainResponse\x12-\n\x06people\x18\x08 \x03(\x0b\x32\x1d.prognos.api.common.v1.Person\x12/\n\x05parts\x18\t \x03(\x0b\x32 .prognos.api.common.v1.TrailPart\"\x87\x01\n\tTrailPart\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x39\n\x05\x63hain\x18\x04 \x01(\x0b\x32*.prognos.api.common.v1.VerifyChainResponse\x12\r\n\x05steps\x18\x05 \x01(\x05\"3\n\x06Person\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x65rased\x18\x03 \x01(\x08\"H\n\x12\x45rasePersonRequest\x12\x18\n\x06person\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80 \"6\n\x13\x45rasePersonResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06\x65rased\x18\x02 \x03(\t2\xdc\x04\n\x0c\x41uditService\x12s\n\x0bVerifyChain\x12).prognos.api.common.v1.VerifyChainRequest\x1a*.prognos.api.common.v1.VerifyChainResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12s\n\x0bListEntries\x12).prognos.api.common.v1.ListEntriesRequest\x1a*.prognos.api.common.v1.ListEntriesResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12\x82\x01\n\x10\x43reateCheckpoint\x12..prognos.api.common.v1.CreateCheckpointRequest\x1a/.prognos.api.common.v1.CreateCheckpointResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12j\n\x08GetTrail\x12&.prognos.api.common.v1.GetTrailRequest\x1a\'.prognos.api.common.v1.GetTrailResponse\"\r\x8a\xb5\x18\t\n\x07\x61uditor\x12q\n\x0b\x45rasePerson\x12).prognos.api.common.v1.ErasePersonRequest\x1a*.prognos.api.common.v1.ErasePersonResponse\"\x0b\x8a\xb5\x18\x07\n\x05\x61\x64minB\x1f\x92\xb5\x18\x1b\n\x05\x41UDIT\x12\x07\x61udit.>\x1a\t{service}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.common.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\222\265\030\033\n\005AUDIT\022\007audit.>\032\t{service}'
+  _globals['_CHAINHEAD']._loaded_options = None
+  _globals['_CHAINHEAD']._serialized_options = b'\232\265\030\035\n\005AUDIT\022\024audit.head.{service}'
+  _globals['_CHECKPOINT']._loaded_options = None
+  _globals['_CHECKPOINT']._serialized_options = b'\232\265\030#\n\005AUDIT\022\032audit.checkpoint.{service}'
   _globals['_GETTRAILREQUEST'].fields_by_name['work_order_id']._loaded_options = None
   _globals['_GETTRAILREQUEST'].fields_by_name['work_order_id']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_GETTRAILREQUEST'].fields_by_name['references']._loaded_options = None
@@ -54,38 +60,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['GetTrail']._serialized_options = b'\212\265\030\t\n\007auditor'
   _globals['_AUDITSERVICE'].methods_by_name['ErasePerson']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ErasePerson']._serialized_options = b'\212\265\030\007\n\005admin'
-  _globals['_AUDITENTRY']._serialized_start=159
-  _globals['_AUDITENTRY']._serialized_end=379
-  _globals['_CHAINHEAD']._serialized_start=381
-  _globals['_CHAINHEAD']._serialized_end=476
-  _globals['_CHECKPOINT']._serialized_start=478
-  _globals['_CHECKPOINT']._serialized_end=592
-  _globals['_VERIFYCHAINREQUEST']._serialized_start=594
-  _globals['_VERIFYCHAINREQUEST']._serialized_end=614
-  _globals['_VERIFYCHAINRESPONSE']._serialized_start=617
-  _globals['_VERIFYCHAINRESPONSE']._serialized_end=777
-  _globals['_LISTENTRIESREQUEST']._serialized_start=779
-  _globals['_LISTENTRIESREQUEST']._serialized_end=833
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=835
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=922
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=924
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=949
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=951
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=1032
-  _globals['_GETTRAILREQUEST']._serialized_start=1035
-  _globals['_GETTRAILREQUEST']._serialized_end=1264
-  _globals['_TRAILSTEP']._serialized_start=1267
-  _globals['_TRAILSTEP']._serialized_end=1459
-  _globals['_GETTRAILRESPONSE']._serialized_start=1462
-  _globals['_GETTRAILRESPONSE']._serialized_end=1837
-  _globals['_TRAILPART']._serialized_start=1840
-  _globals['_TRAILPART']._serialized_end=1975
-  _globals['_PERSON']._serialized_start=1977
-  _globals['_PERSON']._serialized_end=2028
-  _globals['_ERASEPERSONREQUEST']._serialized_start=2030
-  _globals['_ERASEPERSONREQUEST']._serialized_end=2102
-  _globals['_ERASEPERSONRESPONSE']._serialized_start=2104
-  _globals['_ERASEPERSONRESPONSE']._serialized_end=2158
-  _globals['_AUDITSERVICE']._serialized_start=2161
-  _globals['_AUDITSERVICE']._serialized_end=2765
+  _globals['_AUDITENTRY']._serialized_start=193
+  _globals['_AUDITENTRY']._serialized_end=413
+  _globals['_CHAINHEAD']._serialized_start=416
+  _globals['_CHAINHEAD']._serialized_end=546
+  _globals['_CHECKPOINT']._serialized_start=549
+  _globals['_CHECKPOINT']._serialized_end=704
+  _globals['_VERIFYCHAINREQUEST']._serialized_start=706
+  _globals['_VERIFYCHAINREQUEST']._serialized_end=726
+  _globals['_VERIFYCHAINRESPONSE']._serialized_start=729
+  _globals['_VERIFYCHAINRESPONSE']._serialized_end=889
+  _globals['_LISTENTRIESREQUEST']._serialized_start=891
+  _globals['_LISTENTRIESREQUEST']._serialized_end=945
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=947
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1034
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=1036
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=1061
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=1063
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=1144
+  _globals['_GETTRAILREQUEST']._serialized_start=1147
+  _globals['_GETTRAILREQUEST']._serialized_end=1376
+  _globals['_TRAILSTEP']._serialized_start=1379
+  _globals['_TRAILSTEP']._serialized_end=1571
+  _globals['_GETTRAILRESPONSE']._serialized_start=1574
+  _globals['_GETTRAILRESPONSE']._serialized_end=1949
+  _globals['_TRAILPART']._serialized_start=1952
+  _globals['_TRAILPART']._serialized_end=2087
+  _globals['_PERSON']._serialized_start=2089
+  _globals['_PERSON']._serialized_end=2140
+  _globals['_ERASEPERSONREQUEST']._serialized_start=2142
+  _globals['_ERASEPERSONREQUEST']._serialized_end=2214
+  _globals['_ERASEPERSONRESPONSE']._serialized_start=2216
+  _globals['_ERASEPERSONRESPONSE']._serialized_end=2270
+  _globals['_AUDITSERVICE']._serialized_start=2273
+  _globals['_AUDITSERVICE']._serialized_end=2877
 # @@protoc_insertion_point(module_scope)

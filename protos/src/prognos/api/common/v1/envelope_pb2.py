@@ -24,17 +24,20 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$prognos/api/common/v1/envelope.proto\x12\x15prognos.api.common.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\t \x01(\t\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\x12%\n\x07payload\x18\x0c \x01(\x0b\x32\x14.google.protobuf.Any\"p\n\x19OutboxMessageDeadLettered\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$prognos/api/common/v1/envelope.proto\x12\x15prognos.api.common.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a prognos/api/common/v1/wire.proto\"\xa6\x02\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\t \x01(\t\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\x12%\n\x07payload\x18\x0c \x01(\x0b\x32\x14.google.protobuf.Any\x12\x10\n\x08producer\x18\r \x01(\t\"\x96\x01\n\x19OutboxMessageDeadLettered\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t:$\x9a\xb5\x18 \x12\x1e{service}.outbox.dead_letteredb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.common.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVELOPE']._serialized_start=124
-  _globals['_ENVELOPE']._serialized_end=400
-  _globals['_OUTBOXMESSAGEDEADLETTERED']._serialized_start=402
-  _globals['_OUTBOXMESSAGEDEADLETTERED']._serialized_end=514
+  _globals['_OUTBOXMESSAGEDEADLETTERED']._loaded_options = None
+  _globals['_OUTBOXMESSAGEDEADLETTERED']._serialized_options = b'\232\265\030 \022\036{service}.outbox.dead_lettered'
+  _globals['_ENVELOPE']._serialized_start=158
+  _globals['_ENVELOPE']._serialized_end=452
+  _globals['_OUTBOXMESSAGEDEADLETTERED']._serialized_start=455
+  _globals['_OUTBOXMESSAGEDEADLETTERED']._serialized_end=605
 # @@protoc_insertion_point(module_scope)

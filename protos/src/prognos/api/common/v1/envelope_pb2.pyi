@@ -46,6 +46,7 @@ class Envelope(_message.Message):
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     TRACESTATE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PRODUCER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (a UUID in its canonical text form). It is also the NATS
     `Nats-Msg-Id` header, so JetStream drops a re-published duplicate.
@@ -85,6 +86,11 @@ class Envelope(_message.Message):
     """
     tracestate: _builtins.str
     """W3C Trace Context `tracestate` accompanying `traceparent`; usually empty."""
+    producer: _builtins.str
+    """The service that published the event: "ingest", "registry", "inference" or
+    "scheduler". It must be the producer that the contracts name for the event's subject
+    (see prognos/api/common/v1/wire.proto); consumers refuse an event that claims any other.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened (the producing service's clock, UTC)."""
@@ -108,10 +114,11 @@ class Envelope(_message.Message):
         traceparent: _builtins.str = ...,
         tracestate: _builtins.str = ...,
         payload: _any_pb2.Any | None = ...,
+        producer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "id", b"id", "payload", b"payload", "schema_version", b"schema_version", "stream", b"stream", "time", b"time", "traceparent", b"traceparent", "tracestate", b"tracestate", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "id", b"id", "payload", b"payload", "producer", b"producer", "schema_version", b"schema_version", "stream", b"stream", "time", b"time", "traceparent", b"traceparent", "tracestate", b"tracestate", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

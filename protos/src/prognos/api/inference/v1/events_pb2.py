@@ -24,19 +24,25 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.inference.v1 import inference_pb2 as prognos_dot_api_dot_inference_dot_v1_dot_inference__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/inference/v1/events.proto\x12\x18prognos.api.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/inference/v1/inference.proto\"J\n\x0ePredictionMade\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction\"{\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\x11\n\tks_pvalue\x18\x04 \x01(\x01\x12\x13\n\x0bwasserstein\x18\x05 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\x80\x02\n\rDriftDetected\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x38\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32&.prognos.api.inference.v1.FeatureDrift\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csample_count\x18\x06 \x01(\x04\x12\x12\n\nreplica_id\x18\x07 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/inference/v1/events.proto\x12\x18prognos.api.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/inference/v1/inference.proto\x1a prognos/api/common/v1/wire.proto\"\x93\x01\n\x0ePredictionMade\x12\x38\n\nprediction\x18\x01 \x01(\x0b\x32$.prognos.api.inference.v1.Prediction:G\x9a\xb5\x18\x43\n\tINFERENCE\x12\x19inference.prediction.made\x12\x1binference.prediction.shadow\"{\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\x11\n\tks_pvalue\x18\x04 \x01(\x01\x12\x13\n\x0bwasserstein\x18\x05 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\xab\x02\n\rDriftDetected\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x38\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32&.prognos.api.inference.v1.FeatureDrift\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csample_count\x18\x06 \x01(\x04\x12\x12\n\nreplica_id\x18\x07 \x01(\t:)\x9a\xb5\x18%\n\tINFERENCE\x12\x18inference.drift.detectedB\'\x92\xb5\x18#\n\tINFERENCE\x12\x0binference.>\x1a\tinferenceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.inference.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTIONMADE']._serialized_start=142
-  _globals['_PREDICTIONMADE']._serialized_end=216
-  _globals['_FEATUREDRIFT']._serialized_start=218
-  _globals['_FEATUREDRIFT']._serialized_end=341
-  _globals['_DRIFTDETECTED']._serialized_start=344
-  _globals['_DRIFTDETECTED']._serialized_end=600
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\222\265\030#\n\tINFERENCE\022\013inference.>\032\tinference'
+  _globals['_PREDICTIONMADE']._loaded_options = None
+  _globals['_PREDICTIONMADE']._serialized_options = b'\232\265\030C\n\tINFERENCE\022\031inference.prediction.made\022\033inference.prediction.shadow'
+  _globals['_DRIFTDETECTED']._loaded_options = None
+  _globals['_DRIFTDETECTED']._serialized_options = b'\232\265\030%\n\tINFERENCE\022\030inference.drift.detected'
+  _globals['_PREDICTIONMADE']._serialized_start=177
+  _globals['_PREDICTIONMADE']._serialized_end=324
+  _globals['_FEATUREDRIFT']._serialized_start=326
+  _globals['_FEATUREDRIFT']._serialized_end=449
+  _globals['_DRIFTDETECTED']._serialized_start=452
+  _globals['_DRIFTDETECTED']._serialized_end=751
 # @@protoc_insertion_point(module_scope)

@@ -24,27 +24,43 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.ingest.v1 import ingest_pb2 as prognos_dot_api_dot_ingest_dot_v1_dot_ingest__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"prognos/api/ingest/v1/events.proto\x12\x15prognos.api.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/ingest/v1/ingest.proto\"K\n\x13\x41ssetTypeRegistered\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\"H\n\x10\x41ssetTypeUpdated\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType\">\n\x0f\x41ssetRegistered\x12+\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.prognos.api.ingest.v1.Asset\"\x89\x01\n\x13ReadingsQuarantined\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x36\n\x06\x63ounts\x18\x03 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x04\"\xa9\x03\n\x10QuarantinedBatch\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x36\n\x06\x63ounts\x18\x04 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12\r\n\x05units\x18\x06 \x03(\t\x12\x18\n\x10timestamps_us_le\x18\x07 \x01(\x0c\x12\x18\n\x10\x63hannel_index_le\x18\x08 \x01(\x0c\x12\x0f\n\x07reasons\x18\t \x01(\x0c\x12\x15\n\rvalues_f64_le\x18\n \x01(\x0c\x12\x44\n\x11\x63olumn_rejections\x18\x0b \x03(\x0b\x32).prognos.api.ingest.v1.QuarantinedReading\x12\x16\n\x0eunlisted_count\x18\x0c \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\r \x01(\x04\x12\x32\n\x0equarantined_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16\x44\x61tasetSnapshotCreated\x12\x38\n\x08snapshot\x18\x01 \x01(\x0b\x32&.prognos.api.ingest.v1.DatasetSnapshot\"\xd8\x01\n\x14OutcomeLabelRecorded\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66\x61ilure_confirmed\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12/\n\x0brepaired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"prognos/api/ingest/v1/events.proto\x12\x15prognos.api.ingest.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"prognos/api/ingest/v1/ingest.proto\x1a prognos/api/common/v1/wire.proto\"w\n\x13\x41ssetTypeRegistered\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType:*\x9a\xb5\x18&\n\x06INGEST\x12\x1cingest.asset_type.registered\"q\n\x10\x41ssetTypeUpdated\x12\x34\n\nasset_type\x18\x01 \x01(\x0b\x32 .prognos.api.ingest.v1.AssetType:\'\x9a\xb5\x18#\n\x06INGEST\x12\x19ingest.asset_type.updated\"e\n\x0f\x41ssetRegistered\x12+\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x1c.prognos.api.ingest.v1.Asset:%\x9a\xb5\x18!\n\x06INGEST\x12\x17ingest.asset.registered\"\xb4\x01\n\x13ReadingsQuarantined\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x36\n\x06\x63ounts\x18\x03 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x04 \x01(\x04:)\x9a\xb5\x18%\n\x06INGEST\x12\x1bingest.readings.quarantined\"\xdc\x03\n\x10QuarantinedBatch\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x36\n\x06\x63ounts\x18\x04 \x03(\x0b\x32&.prognos.api.ingest.v1.QuarantineCount\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12\r\n\x05units\x18\x06 \x03(\t\x12\x18\n\x10timestamps_us_le\x18\x07 \x01(\x0c\x12\x18\n\x10\x63hannel_index_le\x18\x08 \x01(\x0c\x12\x0f\n\x07reasons\x18\t \x01(\x0c\x12\x15\n\rvalues_f64_le\x18\n \x01(\x0c\x12\x44\n\x11\x63olumn_rejections\x18\x0b \x03(\x0b\x32).prognos.api.ingest.v1.QuarantinedReading\x12\x16\n\x0eunlisted_count\x18\x0c \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\r \x01(\x04\x12\x32\n\x0equarantined_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp:1\x9a\xb5\x18-\n\nQUARANTINE\x12\x1fquarantine.{asset_type}.{asset}\"\x81\x01\n\x16\x44\x61tasetSnapshotCreated\x12\x38\n\x08snapshot\x18\x01 \x01(\x0b\x32&.prognos.api.ingest.v1.DatasetSnapshot:-\x9a\xb5\x18)\n\x06INGEST\x12\x1fingest.dataset_snapshot.created\"\xff\x01\n\x14OutcomeLabelRecorded\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x66\x61ilure_confirmed\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12/\n\x0brepaired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:%\x9a\xb5\x18!\n\x06INGEST\x12\x17ingest.outcome.recordedBh\x92\xb5\x18\x1a\n\x06INGEST\x12\x08ingest.>\x1a\x06ingest\x92\xb5\x18 \n\tTELEMETRY\x12\x0btelemetry.>\x1a\x06ingest\x92\xb5\x18\"\n\nQUARANTINE\x12\x0cquarantine.>\x1a\x06ingestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.ingest.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_ASSETTYPEREGISTERED']._serialized_start=130
-  _globals['_ASSETTYPEREGISTERED']._serialized_end=205
-  _globals['_ASSETTYPEUPDATED']._serialized_start=207
-  _globals['_ASSETTYPEUPDATED']._serialized_end=279
-  _globals['_ASSETREGISTERED']._serialized_start=281
-  _globals['_ASSETREGISTERED']._serialized_end=343
-  _globals['_READINGSQUARANTINED']._serialized_start=346
-  _globals['_READINGSQUARANTINED']._serialized_end=483
-  _globals['_QUARANTINEDBATCH']._serialized_start=486
-  _globals['_QUARANTINEDBATCH']._serialized_end=911
-  _globals['_DATASETSNAPSHOTCREATED']._serialized_start=913
-  _globals['_DATASETSNAPSHOTCREATED']._serialized_end=995
-  _globals['_OUTCOMELABELRECORDED']._serialized_start=998
-  _globals['_OUTCOMELABELRECORDED']._serialized_end=1214
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\222\265\030\032\n\006INGEST\022\010ingest.>\032\006ingest\222\265\030 \n\tTELEMETRY\022\013telemetry.>\032\006ingest\222\265\030\"\n\nQUARANTINE\022\014quarantine.>\032\006ingest'
+  _globals['_ASSETTYPEREGISTERED']._loaded_options = None
+  _globals['_ASSETTYPEREGISTERED']._serialized_options = b'\232\265\030&\n\006INGEST\022\034ingest.asset_type.registered'
+  _globals['_ASSETTYPEUPDATED']._loaded_options = None
+  _globals['_ASSETTYPEUPDATED']._serialized_options = b'\232\265\030#\n\006INGEST\022\031ingest.asset_type.updated'
+  _globals['_ASSETREGISTERED']._loaded_options = None
+  _globals['_ASSETREGISTERED']._serialized_options = b'\232\265\030!\n\006INGEST\022\027ingest.asset.registered'
+  _globals['_READINGSQUARANTINED']._loaded_options = None
+  _globals['_READINGSQUARANTINED']._serialized_options = b'\232\265\030%\n\006INGEST\022\033ingest.readings.quarantined'
+  _globals['_QUARANTINEDBATCH']._loaded_options = None
+  _globals['_QUARANTINEDBATCH']._serialized_options = b'\232\265\030-\n\nQUARANTINE\022\037quarantine.{asset_type}.{asset}'
+  _globals['_DATASETSNAPSHOTCREATED']._loaded_options = None
+  _globals['_DATASETSNAPSHOTCREATED']._serialized_options = b'\232\265\030)\n\006INGEST\022\037ingest.dataset_snapshot.created'
+  _globals['_OUTCOMELABELRECORDED']._loaded_options = None
+  _globals['_OUTCOMELABELRECORDED']._serialized_options = b'\232\265\030!\n\006INGEST\022\027ingest.outcome.recorded'
+  _globals['_ASSETTYPEREGISTERED']._serialized_start=164
+  _globals['_ASSETTYPEREGISTERED']._serialized_end=283
+  _globals['_ASSETTYPEUPDATED']._serialized_start=285
+  _globals['_ASSETTYPEUPDATED']._serialized_end=398
+  _globals['_ASSETREGISTERED']._serialized_start=400
+  _globals['_ASSETREGISTERED']._serialized_end=501
+  _globals['_READINGSQUARANTINED']._serialized_start=504
+  _globals['_READINGSQUARANTINED']._serialized_end=684
+  _globals['_QUARANTINEDBATCH']._serialized_start=687
+  _globals['_QUARANTINEDBATCH']._serialized_end=1163
+  _globals['_DATASETSNAPSHOTCREATED']._serialized_start=1166
+  _globals['_DATASETSNAPSHOTCREATED']._serialized_end=1295
+  _globals['_OUTCOMELABELRECORDED']._serialized_start=1298
+  _globals['_OUTCOMELABELRECORDED']._serialized_end=1553
 # @@protoc_insertion_point(module_scope)

@@ -24,37 +24,51 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.registry.v1 import registry_pb2 as prognos_dot_api_dot_registry_dot_v1_dot_registry__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$prognos/api/registry/v1/events.proto\x12\x17prognos.api.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&prognos/api/registry/v1/registry.proto\"V\n\x16ModelVersionRegistered\x12<\n\rmodel_version\x18\x01 \x01(\x0b\x32%.prognos.api.registry.v1.ModelVersion\"j\n\x14ModelVersionApproved\x12\x18\n\x10model_version_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x13\n\x0b\x61pproved_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\xbf\x03\n\nAliasMoved\x12\x32\n\x05\x61lias\x18\x01 \x01(\x0e\x32#.prognos.api.registry.v1.ModelAlias\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x1d\n\x15\x66rom_model_version_id\x18\x03 \x01(\t\x12\x1b\n\x13to_model_version_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x36\n\x04kind\x18\x07 \x01(\x0e\x32(.prognos.api.registry.v1.AliasChangeKind\x12\x39\n\tartifacts\x18\x08 \x03(\x0b\x32&.prognos.api.registry.v1.ModelArtifact\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x07metrics\x18\n \x03(\x0b\x32\x30.prognos.api.registry.v1.AliasMoved.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"G\n\x12TrainingRunStarted\x12\x31\n\x03run\x18\x01 \x01(\x0b\x32$.prognos.api.registry.v1.TrainingRun\"\xf0\x01\n\x15TrainingRunProgressed\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x14\n\x0ctotal_epochs\x18\x04 \x01(\r\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12L\n\x07metrics\x18\x06 \x03(\x0b\x32;.prognos.api.registry.v1.TrainingRunProgressed.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd1\x02\n\x13TrainingRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).prognos.api.registry.v1.TrainingRunState\x12\x18\n\x10model_version_id\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12J\n\x07metrics\x18\x06 \x03(\x0b\x32\x39.prognos.api.registry.v1.TrainingRunFinished.MetricsEntry\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$prognos/api/registry/v1/events.proto\x12\x17prognos.api.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&prognos/api/registry/v1/registry.proto\x1a prognos/api/common/v1/wire.proto\"\x89\x01\n\x16ModelVersionRegistered\x12<\n\rmodel_version\x18\x01 \x01(\x0b\x32%.prognos.api.registry.v1.ModelVersion:1\x9a\xb5\x18-\n\x08REGISTRY\x12!registry.model_version.registered\"\x9b\x01\n\x14ModelVersionApproved\x12\x18\n\x10model_version_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x13\n\x0b\x61pproved_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t:/\x9a\xb5\x18+\n\x08REGISTRY\x12\x1fregistry.model_version.approved\"\xe5\x03\n\nAliasMoved\x12\x32\n\x05\x61lias\x18\x01 \x01(\x0e\x32#.prognos.api.registry.v1.ModelAlias\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x1d\n\x15\x66rom_model_version_id\x18\x03 \x01(\t\x12\x1b\n\x13to_model_version_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x36\n\x04kind\x18\x07 \x01(\x0e\x32(.prognos.api.registry.v1.AliasChangeKind\x12\x39\n\tartifacts\x18\x08 \x03(\x0b\x32&.prognos.api.registry.v1.ModelArtifact\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x07metrics\x18\n \x03(\x0b\x32\x30.prognos.api.registry.v1.AliasMoved.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01:$\x9a\xb5\x18 \n\x08REGISTRY\x12\x14registry.alias.moved\"v\n\x12TrainingRunStarted\x12\x31\n\x03run\x18\x01 \x01(\x0b\x32$.prognos.api.registry.v1.TrainingRun:-\x9a\xb5\x18)\n\x08REGISTRY\x12\x1dregistry.training_run.started\"\xa2\x02\n\x15TrainingRunProgressed\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\r\x12\x14\n\x0ctotal_epochs\x18\x04 \x01(\r\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12L\n\x07metrics\x18\x06 \x03(\x0b\x32;.prognos.api.registry.v1.TrainingRunProgressed.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01:0\x9a\xb5\x18,\n\x08REGISTRY\x12 registry.training_run.progressed\"\x81\x03\n\x13TrainingRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\x12\x38\n\x05state\x18\x03 \x01(\x0e\x32).prognos.api.registry.v1.TrainingRunState\x12\x18\n\x10model_version_id\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12J\n\x07metrics\x18\x06 \x03(\x0b\x32\x39.prognos.api.registry.v1.TrainingRunFinished.MetricsEntry\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01:.\x9a\xb5\x18*\n\x08REGISTRY\x12\x1eregistry.training_run.finishedB$\x92\xb5\x18 \n\x08REGISTRY\x12\nregistry.>\x1a\x08registryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.registry.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\222\265\030 \n\010REGISTRY\022\nregistry.>\032\010registry'
+  _globals['_MODELVERSIONREGISTERED']._loaded_options = None
+  _globals['_MODELVERSIONREGISTERED']._serialized_options = b'\232\265\030-\n\010REGISTRY\022!registry.model_version.registered'
+  _globals['_MODELVERSIONAPPROVED']._loaded_options = None
+  _globals['_MODELVERSIONAPPROVED']._serialized_options = b'\232\265\030+\n\010REGISTRY\022\037registry.model_version.approved'
   _globals['_ALIASMOVED_METRICSENTRY']._loaded_options = None
   _globals['_ALIASMOVED_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_ALIASMOVED']._loaded_options = None
+  _globals['_ALIASMOVED']._serialized_options = b'\232\265\030 \n\010REGISTRY\022\024registry.alias.moved'
+  _globals['_TRAININGRUNSTARTED']._loaded_options = None
+  _globals['_TRAININGRUNSTARTED']._serialized_options = b'\232\265\030)\n\010REGISTRY\022\035registry.training_run.started'
   _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._loaded_options = None
   _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_TRAININGRUNPROGRESSED']._loaded_options = None
+  _globals['_TRAININGRUNPROGRESSED']._serialized_options = b'\232\265\030,\n\010REGISTRY\022 registry.training_run.progressed'
   _globals['_TRAININGRUNFINISHED_METRICSENTRY']._loaded_options = None
   _globals['_TRAININGRUNFINISHED_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELVERSIONREGISTERED']._serialized_start=138
-  _globals['_MODELVERSIONREGISTERED']._serialized_end=224
-  _globals['_MODELVERSIONAPPROVED']._serialized_start=226
-  _globals['_MODELVERSIONAPPROVED']._serialized_end=332
-  _globals['_ALIASMOVED']._serialized_start=335
-  _globals['_ALIASMOVED']._serialized_end=782
-  _globals['_ALIASMOVED_METRICSENTRY']._serialized_start=736
-  _globals['_ALIASMOVED_METRICSENTRY']._serialized_end=782
-  _globals['_TRAININGRUNSTARTED']._serialized_start=784
-  _globals['_TRAININGRUNSTARTED']._serialized_end=855
-  _globals['_TRAININGRUNPROGRESSED']._serialized_start=858
-  _globals['_TRAININGRUNPROGRESSED']._serialized_end=1098
-  _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._serialized_start=736
-  _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._serialized_end=782
-  _globals['_TRAININGRUNFINISHED']._serialized_start=1101
-  _globals['_TRAININGRUNFINISHED']._serialized_end=1438
-  _globals['_TRAININGRUNFINISHED_METRICSENTRY']._serialized_start=736
-  _globals['_TRAININGRUNFINISHED_METRICSENTRY']._serialized_end=782
+  _globals['_TRAININGRUNFINISHED']._loaded_options = None
+  _globals['_TRAININGRUNFINISHED']._serialized_options = b'\232\265\030*\n\010REGISTRY\022\036registry.training_run.finished'
+  _globals['_MODELVERSIONREGISTERED']._serialized_start=173
+  _globals['_MODELVERSIONREGISTERED']._serialized_end=310
+  _globals['_MODELVERSIONAPPROVED']._serialized_start=313
+  _globals['_MODELVERSIONAPPROVED']._serialized_end=468
+  _globals['_ALIASMOVED']._serialized_start=471
+  _globals['_ALIASMOVED']._serialized_end=956
+  _globals['_ALIASMOVED_METRICSENTRY']._serialized_start=872
+  _globals['_ALIASMOVED_METRICSENTRY']._serialized_end=918
+  _globals['_TRAININGRUNSTARTED']._serialized_start=958
+  _globals['_TRAININGRUNSTARTED']._serialized_end=1076
+  _globals['_TRAININGRUNPROGRESSED']._serialized_start=1079
+  _globals['_TRAININGRUNPROGRESSED']._serialized_end=1369
+  _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._serialized_start=872
+  _globals['_TRAININGRUNPROGRESSED_METRICSENTRY']._serialized_end=918
+  _globals['_TRAININGRUNFINISHED']._serialized_start=1372
+  _globals['_TRAININGRUNFINISHED']._serialized_end=1757
+  _globals['_TRAININGRUNFINISHED_METRICSENTRY']._serialized_start=872
+  _globals['_TRAININGRUNFINISHED_METRICSENTRY']._serialized_end=918
 # @@protoc_insertion_point(module_scope)

@@ -24,35 +24,59 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from prognos.api.scheduler.v1 import scheduler_pb2 as prognos_dot_api_dot_scheduler_dot_v1_dot_scheduler__pb2
+from prognos.api.common.v1 import wire_pb2 as prognos_dot_api_dot_common_dot_v1_dot_wire__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/scheduler/v1/events.proto\x12\x18prognos.api.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/scheduler/v1/scheduler.proto\"L\n\x11WorkOrderProposed\x12\x37\n\nwork_order\x18\x01 \x01(\x0b\x32#.prognos.api.scheduler.v1.WorkOrder\"k\n\x12WorkOrderScheduled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12,\n\x04slot\x18\x03 \x01(\x0b\x32\x1e.prognos.api.scheduler.v1.Slot\"\xb3\x01\n\x14WorkOrderRiskUpdated\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0c\n\x04risk\x18\x03 \x01(\x01\x12,\n\x08\x64ue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x05\x63\x61use\x18\x05 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef\"r\n\x11WorkOrderUnplaced\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x34\n\x08unplaced\x18\x03 \x01(\x0b\x32\".prognos.api.scheduler.v1.Unplaced\"K\n\x11WorkOrderReleased\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\r\n\x05plant\x18\x03 \x01(\t\"Z\n\x15WorkOrderAcknowledged\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x18\n\x10\x65rp_order_number\x18\x03 \x01(\t\"k\n\x10WorkOrderStarted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x12WorkOrderCompleted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0b\x32,.prognos.api.scheduler.v1.MaintenanceOutcome\"M\n\x12WorkOrderCancelled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf7\x01\n\x1aMaintenanceOutcomeRecorded\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_found\x18\x05 \x01(\x08\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12\x36\n\x05\x63\x61use\x18\x07 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef\x12\r\n\x05plant\x18\x08 \x01(\t\"c\n\x12WorkOrderPolicySet\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x39\n\x06policy\x18\x02 \x01(\x0b\x32).prognos.api.scheduler.v1.WorkOrderPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%prognos/api/scheduler/v1/events.proto\x12\x18prognos.api.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(prognos/api/scheduler/v1/scheduler.proto\x1a prognos/api/common/v1/wire.proto\"|\n\x11WorkOrderProposed\x12\x37\n\nwork_order\x18\x01 \x01(\x0b\x32#.prognos.api.scheduler.v1.WorkOrder:.\x9a\xb5\x18*\n\tSCHEDULER\x12\x1dscheduler.work_order.proposed\"\x9c\x01\n\x12WorkOrderScheduled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12,\n\x04slot\x18\x03 \x01(\x0b\x32\x1e.prognos.api.scheduler.v1.Slot:/\x9a\xb5\x18+\n\tSCHEDULER\x12\x1escheduler.work_order.scheduled\"\xe7\x01\n\x14WorkOrderRiskUpdated\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0c\n\x04risk\x18\x03 \x01(\x01\x12,\n\x08\x64ue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x05\x63\x61use\x18\x05 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef:2\x9a\xb5\x18.\n\tSCHEDULER\x12!scheduler.work_order.risk_updated\"\xa2\x01\n\x11WorkOrderUnplaced\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x34\n\x08unplaced\x18\x03 \x01(\x0b\x32\".prognos.api.scheduler.v1.Unplaced:.\x9a\xb5\x18*\n\tSCHEDULER\x12\x1dscheduler.work_order.unplaced\"{\n\x11WorkOrderReleased\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\r\n\x05plant\x18\x03 \x01(\t:.\x9a\xb5\x18*\n\tSCHEDULER\x12\x1dscheduler.work_order.released\"\x8e\x01\n\x15WorkOrderAcknowledged\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x18\n\x10\x65rp_order_number\x18\x03 \x01(\t:2\x9a\xb5\x18.\n\tSCHEDULER\x12!scheduler.work_order.acknowledged\"\x9a\x01\n\x10WorkOrderStarted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:-\x9a\xb5\x18)\n\tSCHEDULER\x12\x1cscheduler.work_order.started\"\xad\x01\n\x12WorkOrderCompleted\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0b\x32,.prognos.api.scheduler.v1.MaintenanceOutcome:/\x9a\xb5\x18+\n\tSCHEDULER\x12\x1escheduler.work_order.completed\"~\n\x12WorkOrderCancelled\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t:/\x9a\xb5\x18+\n\tSCHEDULER\x12\x1escheduler.work_order.cancelled\"\xa4\x02\n\x1aMaintenanceOutcomeRecorded\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x12\n\nasset_type\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_found\x18\x05 \x01(\x08\x12\x14\n\x0c\x66\x61ilure_mode\x18\x06 \x01(\t\x12\x36\n\x05\x63\x61use\x18\x07 \x01(\x0b\x32\'.prognos.api.scheduler.v1.PredictionRef\x12\r\n\x05plant\x18\x08 \x01(\t:+\x9a\xb5\x18\'\n\tSCHEDULER\x12\x1ascheduler.outcome.recorded\"\x8a\x01\n\x12WorkOrderPolicySet\x12\x12\n\nasset_type\x18\x01 \x01(\t\x12\x39\n\x06policy\x18\x02 \x01(\x0b\x32).prognos.api.scheduler.v1.WorkOrderPolicy:%\x9a\xb5\x18!\n\tSCHEDULER\x12\x14scheduler.policy.setB\'\x92\xb5\x18#\n\tSCHEDULER\x12\x0bscheduler.>\x1a\tschedulerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prognos.api.scheduler.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_WORKORDERPROPOSED']._serialized_start=142
-  _globals['_WORKORDERPROPOSED']._serialized_end=218
-  _globals['_WORKORDERSCHEDULED']._serialized_start=220
-  _globals['_WORKORDERSCHEDULED']._serialized_end=327
-  _globals['_WORKORDERRISKUPDATED']._serialized_start=330
-  _globals['_WORKORDERRISKUPDATED']._serialized_end=509
-  _globals['_WORKORDERUNPLACED']._serialized_start=511
-  _globals['_WORKORDERUNPLACED']._serialized_end=625
-  _globals['_WORKORDERRELEASED']._serialized_start=627
-  _globals['_WORKORDERRELEASED']._serialized_end=702
-  _globals['_WORKORDERACKNOWLEDGED']._serialized_start=704
-  _globals['_WORKORDERACKNOWLEDGED']._serialized_end=794
-  _globals['_WORKORDERSTARTED']._serialized_start=796
-  _globals['_WORKORDERSTARTED']._serialized_end=903
-  _globals['_WORKORDERCOMPLETED']._serialized_start=905
-  _globals['_WORKORDERCOMPLETED']._serialized_end=1029
-  _globals['_WORKORDERCANCELLED']._serialized_start=1031
-  _globals['_WORKORDERCANCELLED']._serialized_end=1108
-  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_start=1111
-  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_end=1358
-  _globals['_WORKORDERPOLICYSET']._serialized_start=1360
-  _globals['_WORKORDERPOLICYSET']._serialized_end=1459
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\222\265\030#\n\tSCHEDULER\022\013scheduler.>\032\tscheduler'
+  _globals['_WORKORDERPROPOSED']._loaded_options = None
+  _globals['_WORKORDERPROPOSED']._serialized_options = b'\232\265\030*\n\tSCHEDULER\022\035scheduler.work_order.proposed'
+  _globals['_WORKORDERSCHEDULED']._loaded_options = None
+  _globals['_WORKORDERSCHEDULED']._serialized_options = b'\232\265\030+\n\tSCHEDULER\022\036scheduler.work_order.scheduled'
+  _globals['_WORKORDERRISKUPDATED']._loaded_options = None
+  _globals['_WORKORDERRISKUPDATED']._serialized_options = b'\232\265\030.\n\tSCHEDULER\022!scheduler.work_order.risk_updated'
+  _globals['_WORKORDERUNPLACED']._loaded_options = None
+  _globals['_WORKORDERUNPLACED']._serialized_options = b'\232\265\030*\n\tSCHEDULER\022\035scheduler.work_order.unplaced'
+  _globals['_WORKORDERRELEASED']._loaded_options = None
+  _globals['_WORKORDERRELEASED']._serialized_options = b'\232\265\030*\n\tSCHEDULER\022\035scheduler.work_order.released'
+  _globals['_WORKORDERACKNOWLEDGED']._loaded_options = None
+  _globals['_WORKORDERACKNOWLEDGED']._serialized_options = b'\232\265\030.\n\tSCHEDULER\022!scheduler.work_order.acknowledged'
+  _globals['_WORKORDERSTARTED']._loaded_options = None
+  _globals['_WORKORDERSTARTED']._serialized_options = b'\232\265\030)\n\tSCHEDULER\022\034scheduler.work_order.started'
+  _globals['_WORKORDERCOMPLETED']._loaded_options = None
+  _globals['_WORKORDERCOMPLETED']._serialized_options = b'\232\265\030+\n\tSCHEDULER\022\036scheduler.work_order.completed'
+  _globals['_WORKORDERCANCELLED']._loaded_options = None
+  _globals['_WORKORDERCANCELLED']._serialized_options = b'\232\265\030+\n\tSCHEDULER\022\036scheduler.work_order.cancelled'
+  _globals['_MAINTENANCEOUTCOMERECORDED']._loaded_options = None
+  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_options = b'\232\265\030\'\n\tSCHEDULER\022\032scheduler.outcome.recorded'
+  _globals['_WORKORDERPOLICYSET']._loaded_options = None
+  _globals['_WORKORDERPOLICYSET']._serialized_options = b'\232\265\030!\n\tSCHEDULER\022\024scheduler.policy.set'
+  _globals['_WORKORDERPROPOSED']._serialized_start=176
+  _globals['_WORKORDERPROPOSED']._serialized_end=300
+  _globals['_WORKORDERSCHEDULED']._serialized_start=303
+  _globals['_WORKORDERSCHEDULED']._serialized_end=459
+  _globals['_WORKORDERRISKUPDATED']._serialized_start=462
+  _globals['_WORKORDERRISKUPDATED']._serialized_end=693
+  _globals['_WORKORDERUNPLACED']._serialized_start=696
+  _globals['_WORKORDERUNPLACED']._serialized_end=858
+  _globals['_WORKORDERRELEASED']._serialized_start=860
+  _globals['_WORKORDERRELEASED']._serialized_end=983
+  _globals['_WORKORDERACKNOWLEDGED']._serialized_start=986
+  _globals['_WORKORDERACKNOWLEDGED']._serialized_end=1128
+  _globals['_WORKORDERSTARTED']._serialized_start=1131
+  _globals['_WORKORDERSTARTED']._serialized_end=1285
+  _globals['_WORKORDERCOMPLETED']._serialized_start=1288
+  _globals['_WORKORDERCOMPLETED']._serialized_end=1461
+  _globals['_WORKORDERCANCELLED']._serialized_start=1463
+  _globals['_WORKORDERCANCELLED']._serialized_end=1589
+  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_start=1592
+  _globals['_MAINTENANCEOUTCOMERECORDED']._serialized_end=1884
+  _globals['_WORKORDERPOLICYSET']._serialized_start=1887
+  _globals['_WORKORDERPOLICYSET']._serialized_end=2025
 # @@protoc_insertion_point(module_scope)

@@ -49,7 +49,7 @@ async def _single(store: EventStore) -> float:
     for i in range(SINGLE):
         async with store.transaction(actor="bench") as uow:
             (stored,) = await uow.append(f"s-{i}", 0, [ReadingAccepted("a", i)])
-            uow.publish("bench.reading.accepted", Envelope(id=str(i)), cause=stored)
+            uow.publish(Envelope(id=str(i), subject="bench.reading.accepted"), cause=stored)
             await uow.audit("reading.accepted", f"asset/{i}")
     return SINGLE / (time.perf_counter() - started)
 
@@ -60,7 +60,9 @@ async def _batched(store: EventStore) -> float:
         async with store.transaction(actor="bench") as uow:
             stored = await uow.append(f"b-{b}", 0, [ReadingAccepted("a", i) for i in range(BATCH)])
             for record in stored:
-                uow.publish("bench.reading.accepted", Envelope(id=record.event_id), cause=record)
+                uow.publish(
+                    Envelope(id=record.event_id), subject="bench.reading.accepted", cause=record
+                )
             await uow.audit("readings.accepted", f"batch/{b}", details={"n": BATCH})
     return BATCHES * BATCH / (time.perf_counter() - started)
 
@@ -84,7 +86,7 @@ async def _relay(settings: Settings, nats_url: str) -> dict[str, float]:
     for start in range(0, RELAYED, 1000):
         async with store.transaction(actor="bench") as uow:
             for i in range(start, min(start + 1000, RELAYED)):
-                uow.publish("bench.reading.accepted", Envelope(id=str(i)))
+                uow.publish(Envelope(id=str(i), subject="bench.reading.accepted"))
     nc = await bus.connect(settings, nats_url)
     js = nc.jetstream()
     await bus.ensure_stream(js, "BENCH", ["bench.>"])

@@ -270,10 +270,12 @@ def alias_moved(
 
 def envelope(message: Any, *, stream: str = "", version: int = 1) -> bytes:
     """``message`` in an ``Envelope``, as the registry's outbox relay publishes it."""
+    from prognos.api import wire
     from prognos.api.common.v1.envelope_pb2 import Envelope
 
     env = Envelope(
         id=str(uuid.uuid4()),
+        producer=wire.owner(wire.route(message).subjects[0]) or "",
         type=message.DESCRIPTOR.full_name,
         schema_version=1,
         stream=stream,

@@ -145,6 +145,7 @@ class Registry:
             stream=f"test-{event_id}",
             version=1,
             actor=actor,
+            producer=subject.partition(".")[0],
             payload=payload,
         )
         envelope.time.GetCurrentTime()

@@ -31,7 +31,7 @@ async def run(data_dir: Path, nats_url: str, write_count: int) -> None:
     for n in range(write_count):
         async with store.transaction(actor="tester") as uow:
             (stored,) = await uow.append(f"tick-{n % 7}", n // 7, [TickRecorded(n)])
-            uow.publish("relaytest.tick.recorded", Envelope(id=f"inner-{n}"), cause=stored)
+            uow.publish(Envelope(id=f"inner-{n}"), subject="relaytest.tick.recorded", cause=stored)
     nc = await bus.connect(settings, nats_url)
     js = nc.jetstream()
     await bus.ensure_stream(js, "RELAYTEST", ["relaytest.>"])

@@ -44,8 +44,8 @@ class Rig:
         async with self.store.transaction(actor="tester") as uow:
             (stored,) = await uow.append(event_id, 0, [Noted(1)])
             uow.publish(
-                SUBJECT,
                 Envelope(id=event_id, actor="x" * padding),
+                subject=SUBJECT,
                 cause=stored,
                 message_id=event_id,
             )
@@ -140,7 +140,9 @@ async def test_an_event_no_stream_takes_yet_is_retried_not_dead_lettered(
 ) -> None:
     async with rig.store.transaction(actor="tester") as uow:
         (stored,) = await uow.append("later", 0, [Noted(1)])
-        uow.publish("latertest.noted", Envelope(id="later"), cause=stored, message_id="later")
+        uow.publish(
+            Envelope(id="later"), subject="latertest.noted", cause=stored, message_id="later"
+        )
     rig.relay.start()
     await assert_eventually(lambda: "outbox relay failed" in caplog.text, timeout=20)
 

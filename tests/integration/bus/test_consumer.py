@@ -45,6 +45,7 @@ def envelope(event_id: str, name: str) -> bytes:
         id=event_id,
         type="prognos.api.ingest.v1.AssetTypeRegistered",
         actor="alice",
+        producer="ingest",
         payload=payload,
     )
     return message.SerializeToString()

@@ -94,7 +94,7 @@ async def test_a_commit_during_a_relay_round_is_published_without_waiting_for_th
     async def write(n: int) -> None:
         async with store.transaction(actor="tester") as uow:
             (stored,) = await uow.append(f"note-{n}", 0, [Noted(n)])
-            uow.publish("relaytest.noted", Envelope(id=f"note-{n}"), cause=stored)
+            uow.publish(Envelope(id=f"note-{n}"), subject="relaytest.noted", cause=stored)
 
     fetch = store.unpublished
     committed_during_round = asyncio.Event()

@@ -43,6 +43,7 @@ def envelope(name: str) -> bytes:
         id=f"event-{name}",
         type="prognos.api.ingest.v1.AssetTypeRegistered",
         actor=f"user:{name}-owner",
+        producer="ingest",
         correlation_id=f"corr-{name}",
         payload=payload,
     ).SerializeToString()

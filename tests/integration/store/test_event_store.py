@@ -86,7 +86,7 @@ async def test_a_failed_unit_of_work_leaves_nothing_behind(store: EventStore) ->
     with pytest.raises(RuntimeError):
         async with store.transaction() as uow:
             stored = await uow.append("doomed", 0, [CounterIncremented(1)])
-            uow.publish("test.counter.incremented", Envelope(id="x"), cause=stored[0])
+            uow.publish(Envelope(id="x"), subject="test.counter.incremented", cause=stored[0])
             await uow.audit("counter.incremented", "counter/doomed")
             raise RuntimeError("handler failed after writing")
     assert await store.read_stream("doomed") == []
@@ -104,7 +104,7 @@ async def test_outbox_messages_commit_with_their_events(store: EventStore) -> No
     store.on_commit.append(lambda: woken.append(True))
     async with store.transaction(actor="bob") as uow:
         stored = await uow.append("c", 0, [CounterIncremented(5)])
-        uow.publish("test.counter.incremented", Envelope(id="inner"), cause=stored[0])
+        uow.publish(Envelope(id="inner"), subject="test.counter.incremented", cause=stored[0])
     pending = await store.unpublished(10)
     assert len(pending) == 1 and woken == [True]
     _, message = pending[0]

@@ -28,6 +28,7 @@ from nats.js import api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from sqlalchemy import desc, select
 
+from prognos.api import wire
 from prognos.api.common.v1 import audit_pb2
 from prognos.core.audit import GENESIS_HASH
 from prognos.core.auth import key_id
@@ -63,7 +64,7 @@ _log = logging.getLogger(__name__)
 #: JetStream's error code for a publish whose expected last subject sequence is stale.
 _WRONG_LAST_SEQUENCE = 10071
 
-AUDIT_STREAM = "AUDIT"
+AUDIT_STREAM = wire.stream_of(audit_pb2.ChainHead)
 """The immutable stream of chain heads and checkpoints."""
 SIGNATURE_ALGORITHM = "Ed25519"
 _STREAM_NAME_IN_USE = 10058
@@ -71,12 +72,12 @@ _STREAM_NAME_IN_USE = 10058
 
 def head_subject(service: str) -> str:
     """Where a service's chain heads are published."""
-    return f"audit.head.{service}"
+    return wire.subject(audit_pb2.ChainHead, service=service)
 
 
 def checkpoint_subject(service: str) -> str:
     """Where a service's signed checkpoints are published."""
-    return f"audit.checkpoint.{service}"
+    return wire.subject(audit_pb2.Checkpoint, service=service)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ async def ensure_audit_stream(js: JetStreamContext) -> None:
     """Create the ``AUDIT`` stream if missing: file storage, no deletes, no purges."""
     config = api.StreamConfig(
         name=AUDIT_STREAM,
-        subjects=["audit.>"],
+        subjects=list(wire.streams()[AUDIT_STREAM].subjects),
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
         deny_delete=True,
@@ -322,7 +323,7 @@ class ChainAnchor:
                     timeout=self._timeout,
                     stream=AUDIT_STREAM,
                     headers={
-                        "Nats-Msg-Id": f"{self._service}:{head.seq}:{head.hash}",
+                        wire.MSG_ID_HEADER: f"{self._service}:{head.seq}:{head.hash}",
                         # Only on top of the anchor just checked: never move it backwards.
                         "Nats-Expected-Last-Subject-Sequence": str(anchored_at),
                     },

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import nkeys
 
+from prognos.api import wire
+from prognos.api.common.v1 import audit_pb2
+
 __all__ = [
     "CLI_IDENTITY",
     "IDENTITIES",
@@ -57,15 +60,7 @@ IDENTITIES: tuple[str, ...] = (*_SERVICES, CLI_IDENTITY, OBSERVER_IDENTITY)
 #: The streams any service may create when it finds one missing (services create the
 #: streams they consume too, so start-up order does not matter). Their configuration is
 #: the one the shared code writes; nobody may update, purge or delete them afterwards.
-_KNOWN_STREAMS = (
-    "INGEST",
-    "REGISTRY",
-    "INFERENCE",
-    "SCHEDULER",
-    "TELEMETRY",
-    "QUARANTINE",
-    "AUDIT",
-)
+_KNOWN_STREAMS = tuple(wire.streams())
 
 #: Reading JetStream: account info, stream info and listing, message gets, consumers.
 #: Consumers and acks of one service can be touched by another; the events cannot.
@@ -111,6 +106,16 @@ class BusPermissions:
         return config
 
 
+def _owned(service: str) -> tuple[str, ...]:
+    """The subjects of the streams the contracts give to ``service``."""
+    return tuple(
+        subject
+        for stream in wire.streams().values()
+        if stream.producer == service
+        for subject in stream.subjects
+    )
+
+
 def _create(*streams: str) -> tuple[str, ...]:
     return tuple(f"$JS.API.STREAM.CREATE.{name}" for name in streams)
 
@@ -124,10 +129,10 @@ def _service(
 ) -> BusPermissions:
     return BusPermissions(
         publish=(
-            f"{name}.>",
+            *_owned(name),
             *publish,
-            f"audit.head.{name}",
-            f"audit.checkpoint.{name}",
+            wire.subject(audit_pb2.ChainHead, service=name),
+            wire.subject(audit_pb2.Checkpoint, service=name),
             *_create(*_KNOWN_STREAMS),
             *_JS_READ,
         ),
@@ -142,8 +147,8 @@ _PERMISSIONS: dict[str, BusPermissions] = {
     # Telemetry batches, the quarantine, and its archive process's sync request/reply.
     "ingest": _service(
         "ingest",
-        publish=("telemetry.>", "quarantine.>", "_ingest.archive.sync"),
-        subscribe=("_ingest.archive.sync",),
+        publish=(wire.ARCHIVE_SYNC_SUBJECT,),
+        subscribe=(wire.ARCHIVE_SYNC_SUBJECT,),
         allow_responses=True,
     ),
     "registry": _service("registry"),
@@ -152,17 +157,17 @@ _PERMISSIONS: dict[str, BusPermissions] = {
     "inference": _service(
         "inference",
         publish=(
-            "$KV.inference_replicas.>",
-            "$JS.API.STREAM.CREATE.KV_inference_replicas",
+            f"$KV.{wire.MEMBERSHIP_BUCKET}.>",
+            f"$JS.API.STREAM.CREATE.KV_{wire.MEMBERSHIP_BUCKET}",
         ),
-        subscribe=("inference.>",),
+        subscribe=_owned("inference"),
     ),
     # Replicas tell each other about work-order changes on core subscriptions.
-    "scheduler": _service("scheduler", subscribe=("scheduler.work_order.>",)),
+    "scheduler": _service("scheduler", subscribe=(wire.wildcard(*wire.WORK_ORDER_EVENTS),)),
     CLI_IDENTITY: BusPermissions(publish=_JS_READ, subscribe=(_INBOX,)),
     OBSERVER_IDENTITY: BusPermissions(
         publish=_JS_READ,
-        subscribe=(_INBOX, *(f"{name}.>" for name in _SERVICES), "telemetry.>", "audit.>"),
+        subscribe=(_INBOX, *(s for stream in wire.streams().values() for s in stream.subjects)),
     ),
 }
 

@@ -407,6 +407,7 @@ class UnitOfWork:
         message: Message,
         *,
         kind: str | None = None,
+        subject: str | None = None,
         cause: StoredEvent | None = None,
         message_id: str | None = None,
     ) -> OutboxMessage:
@@ -417,6 +418,7 @@ class UnitOfWork:
         Args:
             message: the public protobuf event.
             kind: for an event routed to several subjects, the last token of the one meant.
+            subject: the subject of a message the contracts do not route (tests' own).
             cause: the stored domain event it announces; its id becomes the message id, so
                 a retried relay publication is dropped by JetStream as a duplicate.
             message_id: an explicit id when there is no stored cause.
@@ -425,6 +427,7 @@ class UnitOfWork:
             message,
             producer=self.service,
             kind=kind,
+            subject=subject,
             message_id=message_id or (cause.event_id if cause else str(uuid.uuid4())),
             stream=cause.stream_id if cause else "",
             version=cause.version if cause else 0,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from nats.js import api
 
 from prognos.api import wire
+from prognos.api.common.v1.envelope_pb2 import Envelope
 from prognos.api.ingest.v1 import events_pb2 as ingest_events
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.api.registry.v1 import events_pb2 as registry_events

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from prognos.api import wire
 from prognos.api.ingest.v1 import ingest_pb2
 from prognos.ingest import adapters
 from prognos.ingest.followers import follow
@@ -245,7 +246,7 @@ class Archiver:
         psub = await follow(
             self._js,
             stream=TELEMETRY_STREAM,
-            subject="telemetry.>",
+            subject=wire.streams()[TELEMETRY_STREAM].subjects[0],
             durable=ARCHIVE_DURABLE,
             after_sequence=self.position,
             ack_wait_s=max(60.0, 3 * self._interval),

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prognos.api import wire
 from prognos.core import bus, telemetry
 from prognos.core.config import Settings
 from prognos.core.natsserver import die_with_parent
@@ -39,7 +40,7 @@ __all__ = ["NICE", "SYNC_SUBJECT", "ArchiveProcess", "main"]
 
 log = logging.getLogger(__name__)
 
-SYNC_SUBJECT = "_ingest.archive.sync"
+SYNC_SUBJECT = wire.ARCHIVE_SYNC_SUBJECT
 NICE = 10
 LOCK_FILE = ".archiver.lock"
 _CATALOG_REFRESH_S = 2.0

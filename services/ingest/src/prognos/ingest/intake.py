@@ -38,6 +38,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from sqlalchemy.exc import SQLAlchemyError
 
+from prognos.api import wire
 from prognos.api.ingest.v1 import events_pb2, ingest_pb2
 from prognos.core.errors import UnavailableError
 from prognos.core.telemetry import current_traceparent
@@ -76,15 +77,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_STREAM = "TELEMETRY"
-QUARANTINE_STREAM = "QUARANTINE"
-QUARANTINE_SUBJECTS = ["quarantine.>"]
-MSG_ID = "Nats-Msg-Id"
-WATERMARK_HEADER = "Prognos-Watermark-Us"
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
-COUNTS_HEADER = "Prognos-Counts"
-UNKNOWN_TYPE = "_unknown"
+TELEMETRY_STREAM = wire.stream_of(ingest_pb2.TelemetryBatch)
+QUARANTINE_STREAM = wire.stream_of(events_pb2.QuarantinedBatch)
+QUARANTINE_SUBJECTS = list(wire.streams()[QUARANTINE_STREAM].subjects)
+MSG_ID = wire.MSG_ID_HEADER
+WATERMARK_HEADER = wire.WATERMARK_HEADER
+TRACEPARENT = wire.TRACEPARENT_HEADER
+TRACESTATE = wire.TRACESTATE_HEADER
+COUNTS_HEADER = wire.COUNTS_HEADER
+UNKNOWN_TYPE = wire.UNKNOWN_ASSET_TYPE
 #: The follower whose position says up to where the ledger of stored batches is complete.
 LEDGER_FOLLOWER = "ingest-archive"
 
@@ -107,30 +108,10 @@ _API_REASON = {
 # Internal validation codes (reason i is code i + 1) -> API numbers, as a lookup array.
 _CODE_TO_API = np.array([0, *(_API_REASON[reason] for reason in QuarantineReason)], dtype=np.uint8)
 
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def subject_token(asset_id: str) -> str:
-    """The asset id as one NATS subject token: other than ``[A-Za-z0-9_-]`` becomes ``%XX``."""
-    raw = asset_id.encode()
-    if all(b in _SAFE for b in raw):
-        return asset_id
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
-
-
-def decode_subject_token(token: str) -> str:
-    """The asset id of a subject token (inverse of ``subject_token``)."""
-    from urllib.parse import unquote
-
-    return unquote(token)
-
-
-def telemetry_subject(asset_type: str, asset_id: str) -> str:
-    return f"telemetry.{asset_type}.{subject_token(asset_id)}"
-
-
-def quarantine_subject(asset_type: str, asset_id: str) -> str:
-    return f"quarantine.{asset_type or UNKNOWN_TYPE}.{subject_token(asset_id)}"
+subject_token = wire.subject_token
+decode_subject_token = wire.decode_subject_token
+telemetry_subject = wire.telemetry_subject
+quarantine_subject = wire.quarantine_subject
 
 
 def now_us() -> int:
@@ -187,22 +168,11 @@ def read_batch(batch: ingest_pb2.TelemetryBatch, *, max_rows: int) -> RawBatch:
     _check_id(batch.asset_id, "asset_id", violations)
     if ":" in batch.asset_id:
         violations.append(("asset_id", "must not contain ':'"))
-    packed = batch.timestamps_us
-    raw = batch.timestamps_us_le
     ts: np.ndarray | None = None
-    if len(packed) and raw:
-        violations.append(("timestamps_us", "set timestamps_us or timestamps_us_le, not both"))
-    elif raw:
-        if len(raw) % 8:
-            violations.append(
-                ("timestamps_us_le", f"{len(raw)} bytes is not a whole number of int64 values")
-            )
-        else:
-            ts = np.frombuffer(raw, dtype="<i8")
-    elif len(packed):
-        ts = np.array(packed, dtype=np.int64)
-    else:
-        violations.append(("timestamps_us", "empty batch: no timestamps"))
+    try:
+        ts = wire.timestamps(batch)
+    except wire.ColumnError as error:
+        violations.append((error.field, error.problem))
     if ts is not None and ts.size > max_rows:
         violations.append(("timestamps_us", f"{ts.size} rows exceed the limit of {max_rows}"))
     if not len(batch.channels):
@@ -216,30 +186,10 @@ def read_batch(batch: ingest_pb2.TelemetryBatch, *, max_rows: int) -> RawBatch:
         where = f"channels[{i}]"
         values: np.ndarray | None = None
         problem = ""
-        packed_values = column.values
-        f64 = column.values_f64_le
-        f32 = column.values_f32_le
-        given = (len(packed_values) > 0) + (len(f64) > 0) + (len(f32) > 0)
-        if given > 1:
-            problem = f"{where}: set one of values, values_f64_le and values_f32_le"
-        elif f64:
-            if len(f64) % 8:
-                problem = (
-                    f"{where}.values_f64_le: {len(f64)} bytes is not a whole number of float64"
-                )
-            else:
-                values = np.frombuffer(f64, dtype="<f8")
-        elif f32:
-            if len(f32) % 4:
-                problem = (
-                    f"{where}.values_f32_le: {len(f32)} bytes is not a whole number of float32"
-                )
-            else:
-                values = np.frombuffer(f32, dtype="<f4").astype(np.float64)
-        elif len(packed_values):
-            values = np.array(packed_values, dtype=np.float64)
-        else:
-            problem = f"{where}: no values"
+        try:
+            values = wire.column_values(column, where)
+        except wire.ColumnError as error:
+            problem = str(error)
         if values is not None and values.size != rows:
             problem = f"{where}: {values.size} values for {rows} timestamps"
             values = None

@@ -112,7 +112,7 @@ class QuarantineRecorder:
         psub = await follow(
             self._js,
             stream=QUARANTINE_STREAM,
-            subject="quarantine.>",
+            subject=QUARANTINE_SUBJECTS[0],
             durable=QUARANTINE_DURABLE,
             after_sequence=self.position,
             ack_wait_s=60.0,

@@ -28,18 +28,6 @@ from prognos.api.scheduler.v1 import events_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-#: The events of a work order's life; another replica's commit of one wakes this one.
-WORK_ORDER_EVENTS = (
-    events_pb2.WorkOrderProposed,
-    events_pb2.WorkOrderRiskUpdated,
-    events_pb2.WorkOrderScheduled,
-    events_pb2.WorkOrderUnplaced,
-    events_pb2.WorkOrderReleased,
-    events_pb2.WorkOrderAcknowledged,
-    events_pb2.WorkOrderStarted,
-    events_pb2.WorkOrderCompleted,
-    events_pb2.WorkOrderCancelled,
-)
 STREAM = wire.stream_of(events_pb2.WorkOrderProposed)
 
 #: The service's own tables, for Alembic.
@@ -83,7 +71,7 @@ async def build(runtime: Runtime, *, clock: Clock = utc_now) -> None:
         notifier.notify()
         deliverer.notify()
 
-    remote = await runtime.nc.subscribe(wire.wildcard(*WORK_ORDER_EVENTS), cb=on_remote_change)
+    remote = await runtime.nc.subscribe(wire.wildcard(*wire.WORK_ORDER_EVENTS), cb=on_remote_change)
 
     async def stop_background() -> None:
         notifier.close()

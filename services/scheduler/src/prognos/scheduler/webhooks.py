@@ -31,6 +31,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from prognos.api import wire
 from prognos.api.scheduler.v1 import scheduler_pb2
 from prognos.scheduler import adapters
 from prognos.scheduler.translate import ts
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "Prognos-Signature"
+SIGNATURE_HEADER = wire.WEBHOOK_SIGNATURE_HEADER
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _BATCH = 100
 _QUICK_ATTEMPTS = 3
@@ -221,9 +222,9 @@ class WebhookDeliverer:
             "Content-Type": "application/json",
             IDEMPOTENCY_HEADER: delivery.event_id,
             SIGNATURE_HEADER: sign(secret, int(time.time()), body),
-            "Prognos-Event-Type": delivery.event_type,
-            "Prognos-Position": str(delivery.position),
-            "Prognos-Endpoint": endpoint.endpoint_id,
+            wire.WEBHOOK_EVENT_TYPE_HEADER: delivery.event_type,
+            wire.WEBHOOK_POSITION_HEADER: str(delivery.position),
+            wire.WEBHOOK_ENDPOINT_HEADER: endpoint.endpoint_id,
         }
         response = await self._client.post(endpoint.url, content=body, headers=headers)
         if not 200 <= response.status_code < 300:

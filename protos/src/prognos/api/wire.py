@@ -30,7 +30,7 @@ from prognos.api.scheduler.v1 import events_pb2 as scheduler_events
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from google.protobuf.descriptor import Descriptor, FileDescriptor
+    from google.protobuf.descriptor import FileDescriptor
     from google.protobuf.message import Message
 
 __all__ = [
@@ -210,17 +210,17 @@ def message_class(full_name: str) -> type[Message]:
         raise KeyError(f"{full_name} is not a routed Prognos event") from None
 
 
-def route(message: type[Message] | Message | Descriptor) -> Route:
-    """The route of an event class, instance or descriptor.
+def route(message: type[Message] | Message) -> Route:
+    """The route of an event class or instance.
 
     Raises:
         KeyError: the message declares no route.
     """
-    descriptor = message if hasattr(message, "full_name") else message.DESCRIPTOR  # type: ignore[union-attr]
+    full_name = message.DESCRIPTOR.full_name
     try:
-        return _routes()[descriptor.full_name]  # type: ignore[union-attr]
+        return _routes()[full_name]
     except KeyError:
-        raise KeyError(f"{descriptor.full_name} declares no route") from None  # type: ignore[union-attr]
+        raise KeyError(f"{full_name} declares no route") from None
 
 
 def _render(template: str, tokens: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prognos.api import wire
 from prognos.api.inference.v1 import events_pb2, inference_pb2
 from prognos.core import messaging
 from prognos.core.telemetry import trace_id_of
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "inference"
 ACTOR = f"service:{PRODUCER}"
+#: A champion's and a challenger's prediction subjects, rendered once: this is the hot path.
+_SUBJECTS = {
+    shadow: wire.subject(events_pb2.PredictionMade, "shadow" if shadow else "made")
+    for shadow in (False, True)
+}
 _ACK_TIMEOUT_S = 10.0
 _RETRIES = 3
 
@@ -58,7 +64,7 @@ def encode_prediction(
     outgoing = messaging.encode(
         events_pb2.PredictionMade(prediction=prediction),
         producer=PRODUCER,
-        kind="shadow" if prediction.shadow else "made",
+        subject=_SUBJECTS[prediction.shadow],
         message_id=prediction.prediction_id,
         stream=f"asset/{prediction.asset_id}",
         actor=ACTOR,
